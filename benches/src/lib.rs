@@ -1,0 +1,1 @@
+//! Criterion benches of glare; see the `benches/` targets.
