@@ -8,5 +8,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod filter;
 pub mod sdp;
 pub mod signal;
+pub mod sse;

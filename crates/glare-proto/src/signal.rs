@@ -175,7 +175,9 @@ pub enum SignalError {
     #[error("signal has none of the members `description`, `candidate`, `bye`")]
     NoMember,
     /// More than one of `description`, `candidate`, `bye` is present.
-    #[error("signal has several of the members `description`, `candidate`, `bye` (exactly one is allowed)")]
+    #[error(
+        "signal has several of the members `description`, `candidate`, `bye` (exactly one is allowed)"
+    )]
     SeveralMembers,
     /// A required field is absent.
     #[error("`{0}` is required")]
@@ -266,7 +268,10 @@ impl Signal {
                 if let Some(index) = c.sdp_m_line_index {
                     m.insert("sdpMLineIndex".into(), index.into());
                 }
-                m.insert("usernameFragment".into(), c.username_fragment.clone().into());
+                m.insert(
+                    "usernameFragment".into(),
+                    c.username_fragment.clone().into(),
+                );
                 out.insert("candidate".into(), m.into());
             }
             Self::Bye(b) => {
@@ -330,20 +335,15 @@ fn decode_candidate(value: Value) -> Result<IceCandidate, SignalError> {
     };
     let sdp_m_line_index = match map.remove("sdpMLineIndex") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .and_then(|i| u16::try_from(i).ok())
-                .ok_or(SignalError::WrongType {
-                    field: "candidate.sdpMLineIndex",
-                    expected: "an integer in [0, 65535] or null",
-                })?,
-        ),
+        Some(v) => Some(v.as_u64().and_then(|i| u16::try_from(i).ok()).ok_or(
+            SignalError::WrongType {
+                field: "candidate.sdpMLineIndex",
+                expected: "an integer in [0, 65535] or null",
+            },
+        )?),
     };
-    let username_fragment = required_string(
-        &mut map,
-        "usernameFragment",
-        "candidate.usernameFragment",
-    )?;
+    let username_fragment =
+        required_string(&mut map, "usernameFragment", "candidate.usernameFragment")?;
     Ok(IceCandidate {
         candidate,
         sdp_mid,
@@ -424,7 +424,8 @@ mod tests {
         assert_eq!(c.sdp_mid.as_deref(), Some("0"));
         assert_eq!(c.sdp_m_line_index, Some(0));
         assert!(!c.is_end_of_candidates());
-        let Signal::Candidate(eoc) = Signal::decode(PROTOCOL_EXAMPLES[3].as_bytes()).unwrap() else {
+        let Signal::Candidate(eoc) = Signal::decode(PROTOCOL_EXAMPLES[3].as_bytes()).unwrap()
+        else {
             panic!("not a candidate");
         };
         assert!(eoc.is_end_of_candidates());
@@ -440,7 +441,12 @@ mod tests {
     #[test]
     fn unknown_members_are_ignored() {
         let s = Signal::decode(br#"{"bye":{"reason":"x","extra":1},"also":[1,2]}"#).unwrap();
-        assert_eq!(s, Signal::Bye(Bye { reason: Some("x".into()) }));
+        assert_eq!(
+            s,
+            Signal::Bye(Bye {
+                reason: Some("x".into())
+            })
+        );
         // A browser's `RTCIceCandidate.toJSON()` may carry null mid/index.
         let s = Signal::decode(
             br#"{"candidate":{"candidate":"","sdpMid":null,"sdpMLineIndex":null,"usernameFragment":"u"}}"#,
@@ -463,7 +469,10 @@ mod tests {
                 br#"{"description":{"type":"offer","sdp":""},"bye":{},"tieBreaker":1}"#,
                 SignalError::SeveralMembers,
             ),
-            (br#"{"description":{"type":"offer","sdp":""}}"#, SignalError::Missing("tieBreaker")),
+            (
+                br#"{"description":{"type":"offer","sdp":""}}"#,
+                SignalError::Missing("tieBreaker"),
+            ),
             (
                 br#"{"description":{"type":"offer","sdp":""},"tieBreaker":-1}"#,
                 SignalError::BadTieBreaker("-1".into()),
@@ -498,17 +507,32 @@ mod tests {
             ),
             (
                 br#"{"description":{"type":"offer","sdp":7},"tieBreaker":1}"#,
-                SignalError::WrongType { field: "description.sdp", expected: "a string" },
+                SignalError::WrongType {
+                    field: "description.sdp",
+                    expected: "a string",
+                },
             ),
             (
                 br#"{"description":"v=0","tieBreaker":1}"#,
-                SignalError::WrongType { field: "description", expected: "an object" },
+                SignalError::WrongType {
+                    field: "description",
+                    expected: "an object",
+                },
             ),
-            (br#"{"candidate":{"candidate":""}}"#, SignalError::Missing("candidate.usernameFragment")),
-            (br#"{"candidate":{"usernameFragment":"u"}}"#, SignalError::Missing("candidate.candidate")),
+            (
+                br#"{"candidate":{"candidate":""}}"#,
+                SignalError::Missing("candidate.usernameFragment"),
+            ),
+            (
+                br#"{"candidate":{"usernameFragment":"u"}}"#,
+                SignalError::Missing("candidate.candidate"),
+            ),
             (
                 br#"{"candidate":{"candidate":"","sdpMid":0,"usernameFragment":"u"}}"#,
-                SignalError::WrongType { field: "candidate.sdpMid", expected: "a string or null" },
+                SignalError::WrongType {
+                    field: "candidate.sdpMid",
+                    expected: "a string or null",
+                },
             ),
             (
                 br#"{"candidate":{"candidate":"","sdpMLineIndex":70000,"usernameFragment":"u"}}"#,
@@ -519,9 +543,18 @@ mod tests {
             ),
             (
                 br#"{"bye":{"reason":5}}"#,
-                SignalError::WrongType { field: "bye.reason", expected: "a string" },
+                SignalError::WrongType {
+                    field: "bye.reason",
+                    expected: "a string",
+                },
             ),
-            (br#"{"bye":null}"#, SignalError::WrongType { field: "bye", expected: "an object" }),
+            (
+                br#"{"bye":null}"#,
+                SignalError::WrongType {
+                    field: "bye",
+                    expected: "an object",
+                },
+            ),
         ];
         for (input, expected) in cases {
             let err = Signal::decode(input).expect_err(&String::from_utf8_lossy(input));
@@ -549,7 +582,10 @@ mod tests {
     #[test]
     fn tie_breaker_range() {
         assert_eq!(TieBreaker::new(0).map(TieBreaker::get), Some(0));
-        assert_eq!(TieBreaker::new(TIE_BREAKER_LIMIT - 1), Some(TieBreaker::MAX));
+        assert_eq!(
+            TieBreaker::new(TIE_BREAKER_LIMIT - 1),
+            Some(TieBreaker::MAX)
+        );
         assert_eq!(TieBreaker::new(TIE_BREAKER_LIMIT), None);
         assert_eq!(TieBreaker::from_random_bits(u64::MAX), TieBreaker::MAX);
     }
