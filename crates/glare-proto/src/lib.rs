@@ -8,6 +8,9 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "_fuzz")]
+pub mod fuzz;
+
 pub mod filter;
 pub mod sdp;
 pub mod signal;
