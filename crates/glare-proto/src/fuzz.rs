@@ -31,7 +31,11 @@ pub fn sse_decode(data: &[u8]) {
     );
 
     for event in expected.into_iter().flatten() {
-        assert!(event.data.len() <= cap, "event larger than the cap");
+        // The cap counts raw bytes; each invalid byte decodes to a 3-byte U+FFFD.
+        assert!(
+            event.data.len() <= 3 * cap,
+            "event larger than the cap allows"
+        );
         let mut wire = String::new();
         // Event names and ids with line ends cannot be re-encoded; skip those.
         if event.event.contains(['\r', '\n']) {

@@ -8,7 +8,9 @@
 //!
 //! Memory is bounded: an event (all its lines together) larger than
 //! [`Decoder::max_event_len`] is dropped whole, reported once as
-//! [`SseError::EventTooLarge`], and the decoder carries on with the next event.
+//! [`SseError::EventTooLarge`], and the decoder carries on with the next event. The cap
+//! counts raw bytes; decoded text can be up to three times as long when invalid bytes
+//! become U+FFFD.
 //!
 //! ```
 //! use glare_proto::sse::{Decoder, encode_event};
