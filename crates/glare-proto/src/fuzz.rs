@@ -97,7 +97,8 @@ mod tests {
     #[test]
     fn seed_corpora_pass() {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus");
-        let targets: [(&str, fn(&[u8])); 4] = [
+        type Body = fn(&[u8]);
+        let targets: [(&str, Body); 4] = [
             ("sse_decode", super::sse_decode),
             ("signal_decode", super::signal_decode),
             ("filter_parse", super::filter_parse),

@@ -257,19 +257,16 @@ impl Decoder {
                 self.data.push_str(&String::from_utf8_lossy(value));
                 self.has_data = true;
             }
-            b"id" => {
-                if !value.contains(&0) {
-                    let id = String::from_utf8_lossy(value).into_owned();
-                    self.last_event_id.clone_from(&id);
-                    self.id = Some(id);
-                }
+            // An id holding NUL is ignored (WHATWG).
+            b"id" if !value.contains(&0) => {
+                let id = String::from_utf8_lossy(value).into_owned();
+                self.last_event_id.clone_from(&id);
+                self.id = Some(id);
             }
-            b"retry" => {
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                    // Out of range values are ignored rather than wrapped.
-                    if let Ok(ms) = std::str::from_utf8(value).unwrap_or("").parse() {
-                        self.retry = Some(ms);
-                    }
+            // Digits only; out-of-range values are ignored rather than wrapped.
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                if let Ok(ms) = std::str::from_utf8(value).unwrap_or("").parse() {
+                    self.retry = Some(ms);
                 }
             }
             _ => {}
