@@ -11,6 +11,7 @@
 #[cfg(feature = "_fuzz")]
 pub mod fuzz;
 
+pub mod broker;
 pub mod filter;
 pub mod sdp;
 pub mod signal;

@@ -1,0 +1,379 @@
+//! A channel's event stream with automatic resume.
+
+use std::{sync::Arc, time::Duration};
+
+use glare_proto::{
+    broker::{ChannelAuth, GapEvent, Json, MessageEvent, SessionValues},
+    sse::Decoder,
+};
+use http::{Method, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::{
+    sync::{Notify, mpsc},
+    task::JoinHandle,
+};
+
+use crate::{Client, Error, SessionOptions, error_from, query_escape};
+
+/// One message delivered to this channel.
+#[derive(Debug)]
+pub struct Message {
+    /// The channel's sequence number.
+    pub id: u64,
+    /// The sender's cid or sid: the `target` of any reply.
+    pub origin: String,
+    /// The cid or sid it was sent to: the `origin` of any reply.
+    pub target: String,
+    /// The message, exactly as sent.
+    pub message: Json,
+}
+
+impl Message {
+    /// The message parsed as `T`.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_str(self.message.get())
+            .map_err(|e| Error::Protocol(format!("message is not the expected JSON: {e}")))
+    }
+}
+
+/// What a channel's stream yields.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ChannelEvent {
+    /// A message, in order, exactly once.
+    Message(Message),
+    /// Messages `from..=to` were lost (the broker's buffer overflowed while the stream
+    /// was down).
+    Gap(GapEvent),
+    /// The stream is over (the channel was closed or could not be resumed); nothing
+    /// follows.
+    Closed(Error),
+}
+
+/// An open channel. Dropping it stops the stream; the broker closes the channel after
+/// its grace period (or call [`close`](Self::close)).
+#[derive(Debug)]
+pub struct Channel {
+    client: Client,
+    auth: ChannelAuth,
+    rx: mpsc::Receiver<ChannelEvent>,
+    kick: Arc<Notify>,
+    task: JoinHandle<()>,
+    done: bool,
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A live SSE connection: its body and decoder.
+struct Conn {
+    body: Incoming,
+    decoder: Decoder,
+}
+
+impl Channel {
+    pub(crate) async fn open(
+        client: Client,
+        resume: Option<(ChannelAuth, u64)>,
+    ) -> Result<Self, Error> {
+        let (auth, last) = match resume {
+            Some((auth, last)) => (Some(auth), last),
+            None => (None, 0),
+        };
+        let (auth, conn) = connect(&client, auth.as_ref(), last).await?;
+        let (tx, rx) = mpsc::channel(256);
+        let kick = Arc::new(Notify::new());
+        let task = tokio::spawn(run(
+            client.clone(),
+            auth.clone(),
+            last,
+            conn,
+            tx,
+            Arc::clone(&kick),
+        ));
+        Ok(Self {
+            client,
+            auth,
+            rx,
+            kick,
+            task,
+            done: false,
+        })
+    }
+
+    /// Channel id.
+    pub fn cid(&self) -> &str {
+        &self.auth.cid
+    }
+
+    /// Channel key (a secret: do not log it).
+    pub fn key(&self) -> &str {
+        &self.auth.key
+    }
+
+    /// Channel id and key.
+    pub fn auth(&self) -> &ChannelAuth {
+        &self.auth
+    }
+
+    /// The client this channel uses.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The next event; `None` after [`ChannelEvent::Closed`].
+    pub async fn next(&mut self) -> Option<ChannelEvent> {
+        if self.done {
+            return None;
+        }
+        let ev = self.rx.recv().await;
+        match &ev {
+            None => {
+                self.done = true;
+                Some(ChannelEvent::Closed(Error::Closed(
+                    "stream task ended".into(),
+                )))
+            }
+            Some(ChannelEvent::Closed(_)) => {
+                self.done = true;
+                ev
+            }
+            Some(_) => ev,
+        }
+    }
+
+    /// Drops the current connection and resumes (what a network change would do).
+    pub fn reconnect(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Sends `message` to `target` from `origin` (this channel's cid or one of its
+    /// sessions).
+    pub async fn send<T: Serialize + ?Sized>(
+        &self,
+        target: &str,
+        origin: &str,
+        message: &T,
+    ) -> Result<(), Error> {
+        self.client
+            .send(target, origin, &self.auth.key, message)
+            .await
+    }
+
+    /// Creates a session hosted by this channel.
+    pub async fn create_session(&self, options: SessionOptions) -> Result<String, Error> {
+        self.client.create_session(&self.auth, options).await
+    }
+
+    /// Updates one of this channel's sessions.
+    pub async fn update_session(&self, sid: &str, values: SessionValues) -> Result<(), Error> {
+        self.client.update_session(&self.auth, sid, values).await
+    }
+
+    /// Removes one of this channel's sessions.
+    pub async fn close_session(&self, sid: &str) -> Result<(), Error> {
+        self.client.close_session(&self.auth, sid).await
+    }
+
+    /// Closes the channel on the broker and ends the stream.
+    pub async fn close(self) -> Result<(), Error> {
+        self.task.abort();
+        self.client.close_channel(&self.auth).await
+    }
+}
+
+/// Opens or resumes the SSE stream and reads up to its `channel` event.
+async fn connect(
+    client: &Client,
+    auth: Option<&ChannelAuth>,
+    last: u64,
+) -> Result<(ChannelAuth, Conn), Error> {
+    let (path, headers) = match auth {
+        None => ("/channel".to_owned(), vec![]),
+        Some(a) => (
+            format!(
+                "/channel?cid={}&key={}",
+                query_escape(&a.cid),
+                query_escape(&a.key)
+            ),
+            vec![("last-event-id", last.to_string())],
+        ),
+    };
+    let mut headers = headers;
+    headers.push(("accept", "text/event-stream".to_owned()));
+    let res = client.start(Method::GET, &path, &headers, None).await?;
+    let status = res.status();
+    if status != StatusCode::OK {
+        let retry = None;
+        let body = tokio::time::timeout(
+            client.options.request_timeout,
+            http_body_util::Limited::new(res.into_body(), 64 * 1024).collect(),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+        return Err(error_from(status, &body, retry));
+    }
+    let mut conn = Conn {
+        body: res.into_body(),
+        decoder: Decoder::new(),
+    };
+    let deadline = tokio::time::Instant::now() + client.options.idle_timeout;
+    loop {
+        while let Some(ev) = conn.decoder.poll_event() {
+            let Ok(ev) = ev else { continue };
+            if ev.event == "channel" {
+                let got: ChannelAuth = serde_json::from_str(&ev.data)
+                    .map_err(|e| Error::Protocol(format!("bad channel event: {e}")))?;
+                if auth.is_some_and(|a| got.cid != a.cid) {
+                    return Err(Error::Protocol("resumed a different channel".into()));
+                }
+                return Ok((got, conn));
+            }
+            return Err(Error::Protocol(format!(
+                "expected the channel event first, got {:?}",
+                ev.event
+            )));
+        }
+        match tokio::time::timeout_at(deadline, conn.body.frame()).await {
+            Err(_) => return Err(Error::Transport("no channel event in time".into())),
+            Ok(Some(Ok(f))) => {
+                if let Ok(data) = f.into_data() {
+                    conn.decoder.feed(&data);
+                }
+            }
+            Ok(Some(Err(e))) => return Err(Error::Transport(e.to_string())),
+            Ok(None) => {
+                return Err(Error::Transport(
+                    "stream ended before the channel event".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// What ended one connection.
+enum Ended {
+    /// Reconnect.
+    Dropped,
+    /// The caller went away.
+    Gone,
+}
+
+/// Reads events from `conn`, forwarding new messages; returns when it ends.
+async fn pump(
+    conn: &mut Conn,
+    last: &mut u64,
+    tx: &mpsc::Sender<ChannelEvent>,
+    kick: &Notify,
+    idle: Duration,
+) -> Ended {
+    loop {
+        while let Some(ev) = conn.decoder.poll_event() {
+            let Ok(ev) = ev else { continue };
+            let out = match ev.event.as_str() {
+                "message" => {
+                    let Some(id) = ev.id.as_deref().and_then(|i| i.parse::<u64>().ok()) else {
+                        tracing::warn!("message event without a numeric id; skipped");
+                        continue;
+                    };
+                    if id <= *last {
+                        continue; // already delivered
+                    }
+                    *last = id;
+                    match serde_json::from_str::<MessageEvent>(&ev.data) {
+                        Ok(m) => ChannelEvent::Message(Message {
+                            id,
+                            origin: m.origin,
+                            target: m.target,
+                            message: m.message,
+                        }),
+                        Err(e) => {
+                            tracing::warn!(id, error = %e, "unparsable message event; skipped");
+                            continue;
+                        }
+                    }
+                }
+                "gap" => match serde_json::from_str::<GapEvent>(&ev.data) {
+                    Ok(g) if g.to > *last => {
+                        *last = g.to;
+                        ChannelEvent::Gap(g)
+                    }
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            if tx.send(out).await.is_err() {
+                return Ended::Gone;
+            }
+        }
+        tokio::select! {
+            () = tx.closed() => return Ended::Gone,
+            () = kick.notified() => return Ended::Dropped,
+            frame = tokio::time::timeout(idle, conn.body.frame()) => match frame {
+                Ok(Some(Ok(f))) => {
+                    if let Ok(data) = f.into_data() {
+                        conn.decoder.feed(&data);
+                    }
+                }
+                _ => return Ended::Dropped,
+            },
+        }
+    }
+}
+
+async fn run(
+    client: Client,
+    auth: ChannelAuth,
+    mut last: u64,
+    conn: Conn,
+    tx: mpsc::Sender<ChannelEvent>,
+    kick: Arc<Notify>,
+) {
+    let opts = client.options.clone();
+    let mut conn = conn;
+    loop {
+        match pump(&mut conn, &mut last, &tx, &kick, opts.idle_timeout).await {
+            Ended::Gone => return,
+            Ended::Dropped => {}
+        }
+        tracing::debug!(cid = %auth.cid, last, "stream dropped; resuming");
+        let started = tokio::time::Instant::now();
+        let mut backoff = opts.min_backoff;
+        let mut first = true;
+        conn = loop {
+            if !first {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(jitter(backoff)) => {}
+                }
+                backoff = (backoff * 2).min(opts.max_backoff);
+            }
+            first = false;
+            match connect(&client, Some(&auth), last).await {
+                Ok((_, c)) => break c,
+                Err(e) if e.is_transient() && started.elapsed() < opts.give_up_after => {
+                    tracing::debug!(cid = %auth.cid, error = %e, "resume failed; retrying");
+                }
+                Err(e) => {
+                    let _ = tx.send(ChannelEvent::Closed(e)).await;
+                    return;
+                }
+            }
+        };
+    }
+}
+
+/// Up to 25% less, so many clients do not reconnect in step.
+fn jitter(d: Duration) -> Duration {
+    use rand::{Rng as _, SeedableRng as _};
+    let f = rand::rngs::StdRng::from_os_rng().random_range(0.75..=1.0);
+    d.mul_f64(f)
+}
