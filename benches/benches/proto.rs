@@ -32,11 +32,11 @@ fn signals(c: &mut Criterion) {
     let mut g = c.benchmark_group("signal");
     g.throughput(Throughput::Bytes(offer.len() as u64));
     g.bench_function("decode_offer", |b| {
-        b.iter(|| Signal::decode(black_box(&offer)))
+        b.iter(|| Signal::decode(black_box(&offer)));
     });
     g.throughput(Throughput::Bytes(candidate.len() as u64));
     g.bench_function("decode_candidate", |b| {
-        b.iter(|| Signal::decode(black_box(candidate)))
+        b.iter(|| Signal::decode(black_box(candidate)));
     });
     g.finish();
 }
@@ -61,7 +61,7 @@ fn sse_stream(c: &mut Criterion) {
             for chunk in bytes.chunks(4096) {
                 d.feed(chunk);
                 while let Some(e) = d.poll_event() {
-                    n += e.map(|e| e.data.len()).unwrap_or(0);
+                    n += e.map_or(0, |e| e.data.len());
                 }
             }
             n
@@ -74,7 +74,7 @@ fn sdp(c: &mut Criterion) {
     let mut g = c.benchmark_group("sdp");
     g.throughput(Throughput::Bytes(OFFER_SDP.len() as u64));
     g.bench_function("inspect_browser_offer", |b| {
-        b.iter(|| SdpInfo::inspect(black_box(OFFER_SDP)))
+        b.iter(|| SdpInfo::inspect(black_box(OFFER_SDP)));
     });
     g.finish();
 }
@@ -88,7 +88,7 @@ fn filter(c: &mut Criterion) {
     let mut g = c.benchmark_group("filter");
     g.throughput(Throughput::Elements(1));
     g.bench_function("parse", |b| {
-        b.iter(|| Filter::parse(black_box("chat,eu,!private")))
+        b.iter(|| Filter::parse(black_box("chat,eu,!private")));
     });
     g.bench_function("matches", |b| b.iter(|| f.matches(black_box(&tags))));
     g.finish();
