@@ -16,6 +16,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+mod bench_broker;
+
 /// Crates that must stay sans-I/O, and what each must never pull in (normal deps).
 const LAYERING: &[(&str, &[&str])] = &[
     ("glare-proto", SANS_IO_FORBIDDEN),
@@ -77,8 +79,11 @@ fn main() -> ExitCode {
         Some("stress") => stress(),
         Some("fuzz") => fuzz(&args[1..]),
         Some("layering") => layering(),
+        Some("bench-broker") => bench_broker::run(),
         _ => {
-            eprintln!("usage: cargo xtask <ci | stress | fuzz [--time SECS] [TARGET] | layering>");
+            eprintln!(
+                "usage: cargo xtask <ci | stress | fuzz [--time SECS] [TARGET] | layering | bench-broker [--smoke]>"
+            );
             return ExitCode::from(2);
         }
     };

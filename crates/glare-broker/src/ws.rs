@@ -12,7 +12,7 @@ use axum::{
     },
     response::Response,
 };
-use futures_util::SinkExt as _;
+use futures_util::{FutureExt as _, SinkExt as _};
 use glare_proto::broker::{ErrorBody, WsSend, WsServerFrame, compact_raw, validate_message};
 
 use crate::{
@@ -31,6 +31,12 @@ const INTERNAL: u16 = 1011;
 const REPLACED: u16 = 4000;
 /// Fell too far behind (or was disconnected by the broker): resume.
 const RESUME: u16 = 4001;
+
+/// Bytes read from a socket at a time. tungstenite's default (128 KiB) is allocated
+/// and zeroed per socket: an idle channel cost ~140 KiB of RSS. 4 KiB still reads
+/// many ~200-byte signals per read and keeps an idle channel cheap (`cargo xtask
+/// bench-broker`).
+const READ_BUFFER: usize = 4 * 1024;
 
 pub(crate) async fn upgrade(
     State(app): State<Arc<App>>,
@@ -58,6 +64,7 @@ pub(crate) async fn upgrade(
     let max = app.config.limits.max_body;
     ws.max_message_size(max.saturating_mul(2))
         .max_frame_size(max.saturating_mul(2))
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| run(app, socket, att))
 }
 
@@ -133,28 +140,22 @@ async fn run(app: Arc<App>, mut socket: WebSocket, att: Attachment) {
                     break None;
                 }
             }
-            msg = socket.recv() => match msg {
-                None => break None,
-                Some(Err(e)) => {
-                    tracing::debug!(%cid, error = %e, "websocket error");
-                    let text = e.to_string();
-                    if text.contains("too long") || text.contains("Space limit") || text.contains("capacity") {
-                        break Some(close(TOO_BIG, "message over the body limit"));
-                    }
+            msg = socket.recv() => {
+                // Answer this frame and every one already read behind it, then flush
+                // once: under load one write carries many acks.
+                let mut step = on_client(&app, &cid, max, &mut socket, msg).await;
+                let mut n = 0;
+                while matches!(step, Step::Continue) && n < 256 {
+                    let Some(msg) = socket.recv().now_or_never() else { break };
+                    step = on_client(&app, &cid, max, &mut socket, msg).await;
+                    n += 1;
+                }
+                if let Step::End(frame) = step {
+                    break frame;
+                }
+                if socket.flush().await.is_err() {
                     break None;
                 }
-                Some(Ok(Message::Text(text))) => {
-                    if text.len() > max {
-                        break Some(close(TOO_BIG, "message over the body limit"));
-                    }
-                    let answer = handle_send(&app, &cid, text.as_str());
-                    if socket.send(Message::Text(answer.into())).await.is_err() {
-                        break None;
-                    }
-                }
-                Some(Ok(Message::Binary(_))) => break Some(close(UNSUPPORTED, "binary frames are not accepted")),
-                Some(Ok(Message::Close(_))) => break None,
-                Some(Ok(_)) => {}
             },
             _ = ping.tick() => {
                 if socket.send(Message::Ping(Default::default())).await.is_err() {
@@ -167,6 +168,52 @@ async fn run(app: Arc<App>, mut socket: WebSocket, att: Attachment) {
         let _ = socket.send(frame).await;
     }
     drop(guard);
+}
+
+/// What to do after one client frame.
+enum Step {
+    Continue,
+    /// End the socket, with this close frame if any.
+    End(Option<Message>),
+}
+
+/// Handles one client frame; a `send`'s answer is queued, not flushed.
+async fn on_client(
+    app: &App,
+    cid: &str,
+    max: usize,
+    socket: &mut WebSocket,
+    msg: Option<Result<Message, axum::Error>>,
+) -> Step {
+    match msg {
+        None => Step::End(None),
+        Some(Err(e)) => {
+            tracing::debug!(%cid, error = %e, "websocket error");
+            let text = e.to_string();
+            if text.contains("too long")
+                || text.contains("Space limit")
+                || text.contains("capacity")
+            {
+                return Step::End(Some(close(TOO_BIG, "message over the body limit")));
+            }
+            Step::End(None)
+        }
+        Some(Ok(Message::Text(text))) => {
+            if text.len() > max {
+                return Step::End(Some(close(TOO_BIG, "message over the body limit")));
+            }
+            let answer = handle_send(app, cid, text.as_str());
+            if socket.feed(Message::Text(answer.into())).await.is_err() {
+                return Step::End(None);
+            }
+            Step::Continue
+        }
+        Some(Ok(Message::Binary(_))) => {
+            Step::End(Some(close(UNSUPPORTED, "binary frames are not accepted")))
+        }
+        Some(Ok(Message::Close(_))) => Step::End(None),
+        Some(Ok(_)) => Step::Continue,
+    }
 }
 
 /// Answers one client frame with an `ack` or `error` frame.

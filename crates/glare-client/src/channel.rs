@@ -1,4 +1,5 @@
-//! A channel's event stream with automatic resume.
+//! A channel's event stream with automatic resume, over Server-Sent Events + POST or
+//! over one WebSocket (see [`Transport`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,12 +11,27 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use serde::{Serialize, de::DeserializeOwned};
+use serde_json::value::RawValue;
 use tokio::{
-    sync::{Notify, mpsc},
+    sync::{Notify, mpsc, oneshot},
     task::JoinHandle,
 };
 
-use crate::{Client, Error, SessionOptions, error_from, query_escape};
+use crate::{Client, Error, SessionOptions, error_from, query_escape, to_raw, ws};
+
+/// How a channel talks to the broker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transport {
+    /// One WebSocket (`GET /ws`, PROTOCOL.md §1.8) carries the events and the sends:
+    /// the fast path, and the default. See the crate docs for what happens to a send
+    /// when the socket drops.
+    #[default]
+    WebSocket,
+    /// A Server-Sent Events stream (`GET /channel`) for events, one `POST /send` per
+    /// send.
+    Sse,
+}
 
 /// One message delivered to this channel.
 #[derive(Debug)]
@@ -62,6 +78,8 @@ pub struct Channel {
     kick: Arc<Notify>,
     task: JoinHandle<()>,
     done: bool,
+    /// The socket task's send queue (WebSocket transport only).
+    sends: Option<mpsc::UnboundedSender<ws::SendCmd>>,
 }
 
 impl Drop for Channel {
@@ -80,22 +98,42 @@ impl Channel {
     pub(crate) async fn open(
         client: Client,
         resume: Option<(ChannelAuth, u64)>,
+        transport: Transport,
     ) -> Result<Self, Error> {
         let (auth, last) = match resume {
             Some((auth, last)) => (Some(auth), last),
             None => (None, 0),
         };
-        let (auth, conn) = connect(&client, auth.as_ref(), last).await?;
         let (tx, rx) = mpsc::channel(256);
         let kick = Arc::new(Notify::new());
-        let task = tokio::spawn(run(
-            client.clone(),
-            auth.clone(),
-            last,
-            conn,
-            tx,
-            Arc::clone(&kick),
-        ));
+        let (auth, task, sends) = match transport {
+            Transport::Sse => {
+                let (auth, conn) = connect(&client, auth.as_ref(), last).await?;
+                let task = tokio::spawn(run(
+                    client.clone(),
+                    auth.clone(),
+                    last,
+                    conn,
+                    tx,
+                    Arc::clone(&kick),
+                ));
+                (auth, task, None)
+            }
+            Transport::WebSocket => {
+                let (auth, socket) = ws::connect(&client, auth.as_ref(), last).await?;
+                let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+                let task = tokio::spawn(ws::run(
+                    client.clone(),
+                    auth.clone(),
+                    last,
+                    socket,
+                    cmd_rx,
+                    tx,
+                    Arc::clone(&kick),
+                ));
+                (auth, task, Some(cmd_tx))
+            }
+        };
         Ok(Self {
             client,
             auth,
@@ -103,7 +141,17 @@ impl Channel {
             kick,
             task,
             done: false,
+            sends,
         })
+    }
+
+    /// The transport this channel uses.
+    pub fn transport(&self) -> Transport {
+        if self.sends.is_some() {
+            Transport::WebSocket
+        } else {
+            Transport::Sse
+        }
     }
 
     /// Channel id.
@@ -153,16 +201,49 @@ impl Channel {
     }
 
     /// Sends `message` to `target` from `origin` (this channel's cid or one of its
-    /// sessions).
+    /// sessions); resolves once the broker has the message in the target's stream or
+    /// resume buffer.
+    ///
+    /// Over [`Transport::Sse`] this is one `POST /send`. Over
+    /// [`Transport::WebSocket`] it is a frame on the channel's socket, answered by its
+    /// `ack` or `error`; sends made while the socket is down wait for the resume. A
+    /// send already written when the socket drops fails with [`Error::Unconfirmed`]
+    /// (it may or may not have been delivered; it is never retried behind the
+    /// caller's back). Concurrent sends on one channel are written in call order.
     pub async fn send<T: Serialize + ?Sized>(
         &self,
         target: &str,
         origin: &str,
         message: &T,
     ) -> Result<(), Error> {
-        self.client
-            .send(target, origin, &self.auth.key, message)
+        let message = to_raw(message)?;
+        self.send_raw(target, origin, &message).await
+    }
+
+    /// [`send`](Self::send) with a message that is already JSON text.
+    pub async fn send_raw(
+        &self,
+        target: &str,
+        origin: &str,
+        message: &RawValue,
+    ) -> Result<(), Error> {
+        let Some(sends) = &self.sends else {
+            return self
+                .client
+                .send_raw(target, origin, &self.auth.key, message)
+                .await;
+        };
+        let (done, answer) = oneshot::channel();
+        let cmd = ws::SendCmd {
+            rest: ws::send_rest(target, origin, message),
+            done,
+        };
+        if sends.send(cmd).is_err() {
+            return Err(Error::Closed("the channel's socket task ended".into()));
+        }
+        answer
             .await
+            .unwrap_or_else(|_| Err(Error::Closed("the channel's socket task ended".into())))
     }
 
     /// Creates a session hosted by this channel.
@@ -372,7 +453,7 @@ async fn run(
 }
 
 /// Up to 25% less, so many clients do not reconnect in step.
-fn jitter(d: Duration) -> Duration {
+pub(crate) fn jitter(d: Duration) -> Duration {
     use rand::{Rng as _, SeedableRng as _};
     let f = rand::rngs::StdRng::from_os_rng().random_range(0.75..=1.0);
     d.mul_f64(f)

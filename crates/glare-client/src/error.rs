@@ -35,6 +35,12 @@ pub enum Error {
     /// The caller asked for something impossible (bad URL, value not JSON).
     #[error("usage: {0}")]
     Usage(String),
+    /// A send written to the channel's WebSocket got no answer before the socket
+    /// dropped: the broker may or may not have relayed it. It is not retried
+    /// automatically (that could deliver it twice); send it again only if the
+    /// receiver can take a duplicate.
+    #[error("unconfirmed send: {0}")]
+    Unconfirmed(String),
     /// The channel is closed (by [`Channel::close`](crate::Channel::close), the
     /// broker, or after failing to resume).
     #[error("channel closed: {0}")]

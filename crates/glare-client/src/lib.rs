@@ -6,8 +6,24 @@
 //! in-order stream (a `gap` event says when the broker's buffer could not cover a
 //! resume). Sessions, `send`, `list` and `watch` are plain calls on [`Client`].
 //!
-//! What it does not do (yet): TLS (`https://` URLs are refused), automatic resume of a
-//! list watch.
+//! A channel lives on one WebSocket by default ([`Transport::WebSocket`], PROTOCOL.md
+//! §1.8): events arrive on it and [`Channel::send`] goes out on it, answered by an
+//! `ack` or `error` frame. [`Transport::Sse`] (an SSE stream plus one `POST` per send)
+//! is there for brokers or proxies without WebSocket; pick it with
+//! [`Options::transport`] or [`Client::open_with`].
+//!
+//! **Sends across a disconnect (WebSocket).** A send not yet written to the socket
+//! when it drops waits and goes out on the resumed socket (the broker never saw it:
+//! delivered once). A send already written whose answer had not arrived fails with
+//! [`Error::Unconfirmed`]: the broker may or may not have relayed it, and it is never
+//! retried behind the caller's back, so nothing is silently lost or duplicated. Over
+//! SSE + POST a `POST` cut mid-way fails with [`Error::Transport`], equally in doubt.
+//!
+//! A [`Watch`] resumes too: on a disconnect it re-opens the list stream and re-syncs
+//! by diffing, so the caller sees `Remove` for sessions that vanished meanwhile and
+//! `Add` for new or changed ones, and never the same `Add` twice in a row.
+//!
+//! What it does not do (yet): TLS (`https://` and `wss://` are refused).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), glare_client::Error> {
@@ -30,11 +46,12 @@
 mod channel;
 mod error;
 mod watch;
+mod ws;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-pub use channel::{Channel, ChannelEvent, Message};
+pub use channel::{Channel, ChannelEvent, Message, Transport};
 pub use error::Error;
 use glare_proto::broker::{
     ChannelAuth, ErrorBody, Json, ListEntry, SessionCreated, SessionValues, json_null,
@@ -64,6 +81,8 @@ pub struct Options {
     pub max_backoff: Duration,
     /// Give up on a channel that cannot be reached for this long: 60 s.
     pub give_up_after: Duration,
+    /// How [`Client::open`] and [`Client::resume`] hold a channel: WebSocket.
+    pub transport: Transport,
 }
 
 impl Default for Options {
@@ -74,6 +93,7 @@ impl Default for Options {
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             give_up_after: Duration::from_secs(60),
+            transport: Transport::default(),
         }
     }
 }
@@ -223,15 +243,31 @@ impl Client {
         }
     }
 
-    /// Opens a new channel over Server-Sent Events (sends go over HTTP POST).
+    /// Opens a new channel over [`Options::transport`] (a WebSocket by default).
     pub async fn open(&self) -> Result<Channel, Error> {
-        Channel::open(self.clone(), None).await
+        self.open_with(self.options.transport).await
+    }
+
+    /// Opens a new channel over `transport`.
+    pub async fn open_with(&self, transport: Transport) -> Result<Channel, Error> {
+        Channel::open(self.clone(), None, transport).await
     }
 
     /// Re-attaches to an existing channel, having seen every message up to
-    /// `last_event_id`.
+    /// `last_event_id`, over [`Options::transport`].
     pub async fn resume(&self, auth: ChannelAuth, last_event_id: u64) -> Result<Channel, Error> {
-        Channel::open(self.clone(), Some((auth, last_event_id))).await
+        self.resume_with(self.options.transport, auth, last_event_id)
+            .await
+    }
+
+    /// [`resume`](Self::resume) over `transport`.
+    pub async fn resume_with(
+        &self,
+        transport: Transport,
+        auth: ChannelAuth,
+        last_event_id: u64,
+    ) -> Result<Channel, Error> {
+        Channel::open(self.clone(), Some((auth, last_event_id)), transport).await
     }
 
     /// Creates a session hosted by the channel `auth`; returns its sid.

@@ -1,6 +1,6 @@
-//! A live list watch (`GET /list` as Server-Sent Events).
+//! A live list watch (`GET /list` as Server-Sent Events) that resumes by itself.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use glare_proto::{
     broker::{ListEntry, RemoveEvent},
@@ -10,7 +10,7 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use crate::{Client, Error, error_from};
+use crate::{Client, Error, channel::jitter, error_from};
 
 /// One change of a watched list.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,47 +22,152 @@ pub enum WatchEvent {
     Remove(String),
 }
 
-/// A live list watch. It ends (with `None`) when the connection drops; open a new one
-/// to carry on (its first events are the full current list again).
+/// A live list watch.
+///
+/// When the connection drops (or is silent past [`Options::idle_timeout`]), the watch
+/// re-opens the stream with backoff and re-syncs: it fetches the list, yields `Remove`
+/// for every session it had shown that is gone and `Add` for every new or changed one,
+/// then carries on with live changes. The caller's view is kept exact: an `Add` equal
+/// to what was last shown for that sid, or a `Remove` of a sid not shown, is dropped.
+/// (While a change races the re-sync, a session may briefly appear and then be
+/// removed; the view still ends right.) It ends (`None`) only after failing to
+/// reconnect for [`Options::give_up_after`], with one `Err` first.
+///
+/// [`Options::idle_timeout`]: crate::Options::idle_timeout
+/// [`Options::give_up_after`]: crate::Options::give_up_after
 #[derive(Debug)]
 pub struct Watch {
+    client: Client,
+    path: String,
     body: Option<Incoming>,
     decoder: Decoder,
     ready: VecDeque<WatchEvent>,
+    /// What the caller has been shown: sid → entry.
+    shown: HashMap<String, ListEntry>,
+    ended: bool,
+}
+
+/// Opens the list stream.
+async fn open_stream(client: &Client, path: &str) -> Result<Incoming, Error> {
+    let res = client
+        .start(
+            Method::GET,
+            path,
+            &[("accept", "text/event-stream".to_owned())],
+            None,
+        )
+        .await?;
+    if res.status() != StatusCode::OK {
+        let status = res.status();
+        let body = tokio::time::timeout(
+            client.options.request_timeout,
+            http_body_util::Limited::new(res.into_body(), 64 * 1024).collect(),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+        return Err(error_from(status, &body, None));
+    }
+    Ok(res.into_body())
 }
 
 impl Watch {
     pub(crate) async fn open(client: &Client, path: &str) -> Result<Self, Error> {
-        let res = client
-            .start(
-                Method::GET,
-                path,
-                &[("accept", "text/event-stream".to_owned())],
-                None,
-            )
-            .await?;
-        if res.status() != StatusCode::OK {
-            let status = res.status();
-            let body = http_body_util::Limited::new(res.into_body(), 64 * 1024)
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            return Err(error_from(status, &body, None));
-        }
+        let body = open_stream(client, path).await?;
         Ok(Self {
-            body: Some(res.into_body()),
+            client: client.clone(),
+            path: path.to_owned(),
+            body: Some(body),
             decoder: Decoder::new(),
             ready: VecDeque::new(),
+            shown: HashMap::new(),
+            ended: false,
         })
     }
 
-    /// The next change; `None` once the stream has ended. A malformed event is an
+    /// Drops the current connection; the next [`next`](Self::next) re-opens it and
+    /// re-syncs (what a network change would do).
+    pub fn reconnect(&mut self) {
+        self.body = None;
+    }
+
+    /// Applies one event to the caller's view; queues it if it changes the view.
+    fn apply(&mut self, ev: WatchEvent) {
+        match ev {
+            WatchEvent::Add(e) => {
+                if self.shown.get(&e.sid) != Some(&e) {
+                    self.shown.insert(e.sid.clone(), e.clone());
+                    self.ready.push_back(WatchEvent::Add(e));
+                }
+            }
+            WatchEvent::Remove(sid) => {
+                if self.shown.remove(&sid).is_some() {
+                    self.ready.push_back(WatchEvent::Remove(sid));
+                }
+            }
+        }
+    }
+
+    /// Re-opens the stream with backoff, then re-syncs from a fresh list.
+    async fn resume(&mut self) -> Result<(), Error> {
+        let opts = self.client.options.clone();
+        let started = tokio::time::Instant::now();
+        let mut backoff = opts.min_backoff;
+        let mut first = true;
+        loop {
+            if !first {
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(opts.max_backoff);
+            }
+            first = false;
+            // The stream first, then the list: a change after the list is taken is
+            // then also on the stream.
+            let attempt = async {
+                let body = open_stream(&self.client, &self.path).await?;
+                let list: Vec<ListEntry> = self.client.call(Method::GET, &self.path, None).await?;
+                Ok::<_, Error>((body, list))
+            }
+            .await;
+            match attempt {
+                Ok((body, list)) => {
+                    self.body = Some(body);
+                    self.decoder = Decoder::new();
+                    let now: HashMap<&str, &ListEntry> =
+                        list.iter().map(|e| (e.sid.as_str(), e)).collect();
+                    let mut gone: Vec<String> = self
+                        .shown
+                        .keys()
+                        .filter(|sid| !now.contains_key(sid.as_str()))
+                        .cloned()
+                        .collect();
+                    gone.sort();
+                    for sid in gone {
+                        self.apply(WatchEvent::Remove(sid));
+                    }
+                    for e in list {
+                        self.apply(WatchEvent::Add(e));
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() && started.elapsed() < opts.give_up_after => {
+                    tracing::debug!(error = %e, "list watch resume failed; retrying");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next change; `None` once the watch has given up. A malformed event is an
     /// `Err`, and the watch goes on.
     pub async fn next(&mut self) -> Option<Result<WatchEvent, Error>> {
         loop {
             if let Some(ev) = self.ready.pop_front() {
                 return Some(Ok(ev));
+            }
+            if self.ended {
+                return None;
             }
             if let Some(ev) = self.decoder.poll_event() {
                 let Ok(ev) = ev else { continue };
@@ -72,12 +177,23 @@ impl Watch {
                         .map(|r| WatchEvent::Remove(r.sid)),
                     _ => continue,
                 };
-                return Some(
-                    parsed.map_err(|e| Error::Protocol(format!("bad {} event: {e}", ev.event))),
-                );
+                match parsed {
+                    Ok(ev) => self.apply(ev),
+                    Err(e) => {
+                        return Some(Err(Error::Protocol(format!("bad {} event: {e}", ev.event))));
+                    }
+                }
+                continue;
             }
-            let body = self.body.as_mut()?;
-            match body.frame().await {
+            let idle = self.client.options.idle_timeout;
+            let frame = match self.body.as_mut() {
+                Some(body) => tokio::time::timeout(idle, body.frame())
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            match frame {
                 Some(Ok(f)) => {
                     if let Ok(data) = f.into_data() {
                         self.decoder.feed(&data);
@@ -85,7 +201,10 @@ impl Watch {
                 }
                 _ => {
                     self.body = None;
-                    return None;
+                    if let Err(e) = self.resume().await {
+                        self.ended = true;
+                        return Some(Err(e));
+                    }
                 }
             }
         }
