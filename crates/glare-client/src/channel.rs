@@ -17,7 +17,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::{Client, Error, SessionOptions, error_from, query_escape, to_raw, ws};
+use crate::{Client, Error, Options, SessionOptions, query_escape, to_raw, ws};
 
 /// How a channel talks to the broker.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -288,19 +288,8 @@ async fn connect(
     let mut headers = headers;
     headers.push(("accept", "text/event-stream".to_owned()));
     let res = client.start(Method::GET, &path, &headers, None).await?;
-    let status = res.status();
-    if status != StatusCode::OK {
-        let retry = None;
-        let body = tokio::time::timeout(
-            client.options.request_timeout,
-            http_body_util::Limited::new(res.into_body(), 64 * 1024).collect(),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-        return Err(error_from(status, &body, retry));
+    if res.status() != StatusCode::OK {
+        return Err(client.refused(res).await);
     }
     let mut conn = Conn {
         body: res.into_body(),
@@ -426,29 +415,65 @@ async fn run(
             Ended::Dropped => {}
         }
         tracing::debug!(cid = %auth.cid, last, "stream dropped; resuming");
-        let started = tokio::time::Instant::now();
-        let mut backoff = opts.min_backoff;
-        let mut first = true;
-        conn = loop {
-            if !first {
-                tokio::select! {
-                    () = tx.closed() => return,
-                    () = tokio::time::sleep(jitter(backoff)) => {}
-                }
-                backoff = (backoff * 2).min(opts.max_backoff);
-            }
-            first = false;
-            match connect(&client, Some(&auth), last).await {
-                Ok((_, c)) => break c,
-                Err(e) if e.is_transient() && started.elapsed() < opts.give_up_after => {
-                    tracing::debug!(cid = %auth.cid, error = %e, "resume failed; retrying");
-                }
-                Err(e) => {
-                    let _ = tx.send(ChannelEvent::Closed(e)).await;
-                    return;
-                }
+        let (client, auth) = (&client, &auth);
+        conn = match retry_with_backoff(&opts, &auth.cid, tx.closed(), || {
+            connect(client, Some(auth), last)
+        })
+        .await
+        {
+            Retry::Done((_, c)) => c,
+            Retry::Abandoned => return,
+            Retry::Failed(e) => {
+                let _ = tx.send(ChannelEvent::Closed(e)).await;
+                return;
             }
         };
+    }
+}
+
+/// How [`retry_with_backoff`] ended.
+pub(crate) enum Retry<T> {
+    /// An attempt succeeded.
+    Done(T),
+    /// The `abandon` future resolved (nobody is listening any more).
+    Abandoned,
+    /// An attempt failed for good, or `give_up_after` passed.
+    Failed(Error),
+}
+
+/// Runs `attempt` until it succeeds, retrying transient errors after a jittered
+/// exponential backoff (`min_backoff` doubling up to `max_backoff`) for at most
+/// `give_up_after`; stops early when `abandon` resolves. The one reconnect policy of the
+/// SSE channel, the WebSocket channel and the list watch.
+pub(crate) async fn retry_with_backoff<T, Fut>(
+    opts: &Options,
+    what: &str,
+    abandon: impl Future<Output = ()>,
+    mut attempt: impl FnMut() -> Fut,
+) -> Retry<T>
+where
+    Fut: Future<Output = Result<T, Error>>,
+{
+    tokio::pin!(abandon);
+    let started = tokio::time::Instant::now();
+    let mut backoff = opts.min_backoff;
+    let mut first = true;
+    loop {
+        if !first {
+            tokio::select! {
+                () = &mut abandon => return Retry::Abandoned,
+                () = tokio::time::sleep(jitter(backoff)) => {}
+            }
+            backoff = (backoff * 2).min(opts.max_backoff);
+        }
+        first = false;
+        match attempt().await {
+            Ok(v) => return Retry::Done(v),
+            Err(e) if e.is_transient() && started.elapsed() < opts.give_up_after => {
+                tracing::debug!(what, error = %e, "reconnect failed; retrying");
+            }
+            Err(e) => return Retry::Failed(e),
+        }
     }
 }
 

@@ -243,6 +243,23 @@ impl Client {
         }
     }
 
+    /// The error for a stream request the broker refused (not `200`): its error body,
+    /// read within the request timeout and at most 64 KiB; an unreadable body still
+    /// yields the status.
+    pub(crate) async fn refused(&self, res: hyper::Response<Incoming>) -> Error {
+        let status = res.status();
+        let body = tokio::time::timeout(
+            self.options.request_timeout,
+            Limited::new(res.into_body(), 64 * 1024).collect(),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+        error_from(status, &body, None)
+    }
+
     /// Opens a new channel over [`Options::transport`] (a WebSocket by default).
     pub async fn open(&self) -> Result<Channel, Error> {
         self.open_with(self.options.transport).await

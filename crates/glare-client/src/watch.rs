@@ -10,7 +10,10 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use crate::{Client, Error, channel::jitter, error_from};
+use crate::{
+    Client, Error,
+    channel::{Retry, retry_with_backoff},
+};
 
 /// One change of a watched list.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,17 +61,7 @@ async fn open_stream(client: &Client, path: &str) -> Result<Incoming, Error> {
         )
         .await?;
     if res.status() != StatusCode::OK {
-        let status = res.status();
-        let body = tokio::time::timeout(
-            client.options.request_timeout,
-            http_body_util::Limited::new(res.into_body(), 64 * 1024).collect(),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-        return Err(error_from(status, &body, None));
+        return Err(client.refused(res).await);
     }
     Ok(res.into_body())
 }
@@ -113,50 +106,38 @@ impl Watch {
     /// Re-opens the stream with backoff, then re-syncs from a fresh list.
     async fn resume(&mut self) -> Result<(), Error> {
         let opts = self.client.options.clone();
-        let started = tokio::time::Instant::now();
-        let mut backoff = opts.min_backoff;
-        let mut first = true;
-        loop {
-            if !first {
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(opts.max_backoff);
-            }
-            first = false;
-            // The stream first, then the list: a change after the list is taken is
-            // then also on the stream.
-            let attempt = async {
-                let body = open_stream(&self.client, &self.path).await?;
-                let list: Vec<ListEntry> = self.client.call(Method::GET, &self.path, None).await?;
-                Ok::<_, Error>((body, list))
-            }
-            .await;
-            match attempt {
-                Ok((body, list)) => {
-                    self.body = Some(body);
-                    self.decoder = Decoder::new();
-                    let now: HashMap<&str, &ListEntry> =
-                        list.iter().map(|e| (e.sid.as_str(), e)).collect();
-                    let mut gone: Vec<String> = self
-                        .shown
-                        .keys()
-                        .filter(|sid| !now.contains_key(sid.as_str()))
-                        .cloned()
-                        .collect();
-                    gone.sort();
-                    for sid in gone {
-                        self.apply(WatchEvent::Remove(sid));
-                    }
-                    for e in list {
-                        self.apply(WatchEvent::Add(e));
-                    }
-                    return Ok(());
-                }
-                Err(e) if e.is_transient() && started.elapsed() < opts.give_up_after => {
-                    tracing::debug!(error = %e, "list watch resume failed; retrying");
-                }
-                Err(e) => return Err(e),
-            }
+        let (client, path) = (&self.client, &self.path);
+        // The stream first, then the list: a change after the list is taken is then
+        // also on the stream.
+        let attempt = || async move {
+            let body = open_stream(client, path).await?;
+            let list: Vec<ListEntry> = client.call(Method::GET, path, None).await?;
+            Ok::<_, Error>((body, list))
+        };
+        // Nothing abandons a watch while its owner awaits `next`.
+        let (body, list) =
+            match retry_with_backoff(&opts, "list watch", std::future::pending(), attempt).await {
+                Retry::Done(found) => found,
+                Retry::Failed(e) => return Err(e),
+                Retry::Abandoned => unreachable!("a pending future never resolves"),
+            };
+        self.body = Some(body);
+        self.decoder = Decoder::new();
+        let now: HashMap<&str, &ListEntry> = list.iter().map(|e| (e.sid.as_str(), e)).collect();
+        let mut gone: Vec<String> = self
+            .shown
+            .keys()
+            .filter(|sid| !now.contains_key(sid.as_str()))
+            .cloned()
+            .collect();
+        gone.sort();
+        for sid in gone {
+            self.apply(WatchEvent::Remove(sid));
         }
+        for e in list {
+            self.apply(WatchEvent::Add(e));
+        }
+        Ok(())
     }
 
     /// The next change; `None` once the watch has given up. A malformed event is an

@@ -41,7 +41,7 @@ use tokio_tungstenite::{
 
 use crate::{
     Client, Error,
-    channel::{ChannelEvent, Message, jitter},
+    channel::{ChannelEvent, Message, Retry, retry_with_backoff},
     error_from, query_escape,
 };
 
@@ -396,27 +396,17 @@ pub(crate) async fn run(
         let _ = tokio::time::timeout(Duration::from_millis(100), socket.close(None)).await;
         st.fail_in_flight("disconnected");
         tracing::debug!(cid = %auth.cid, last = st.last, "socket dropped; resuming");
-        let started = tokio::time::Instant::now();
-        let mut backoff = opts.min_backoff;
-        let mut first = true;
-        socket = loop {
-            if !first {
-                tokio::select! {
-                    () = tx.closed() => return,
-                    () = tokio::time::sleep(jitter(backoff)) => {}
-                }
-                backoff = (backoff * 2).min(opts.max_backoff);
-            }
-            first = false;
-            match connect(&client, Some(&auth), st.last).await {
-                Ok((_, s)) => break s,
-                Err(e) if e.is_transient() && started.elapsed() < opts.give_up_after => {
-                    tracing::debug!(cid = %auth.cid, error = %e, "resume failed; retrying");
-                }
-                Err(e) => {
-                    give_up(&mut st, &mut cmds, &tx, e).await;
-                    return;
-                }
+        let (client, auth, last) = (&client, &auth, st.last);
+        socket = match retry_with_backoff(&opts, &auth.cid, tx.closed(), || {
+            connect(client, Some(auth), last)
+        })
+        .await
+        {
+            Retry::Done((_, s)) => s,
+            Retry::Abandoned => return,
+            Retry::Failed(e) => {
+                give_up(&mut st, &mut cmds, &tx, e).await;
+                return;
             }
         };
     }
