@@ -26,30 +26,9 @@ pub enum MediaKind {
     Video,
 }
 
-/// The direction of a media track, from the side that owns it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// Send and receive.
-    SendRecv,
-    /// Send only.
-    SendOnly,
-    /// Receive only.
-    RecvOnly,
-    /// Neither send nor receive (the m-line stays).
-    Inactive,
-}
-
-impl Direction {
-    /// The SDP attribute name (`sendrecv`, `sendonly`, `recvonly`, `inactive`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::SendRecv => "sendrecv",
-            Self::SendOnly => "sendonly",
-            Self::RecvOnly => "recvonly",
-            Self::Inactive => "inactive",
-        }
-    }
-}
+/// The direction of a media track, from the side that owns it: glare-proto's SDP
+/// direction attribute.
+pub use glare_proto::sdp::Direction;
 
 /// A change to the session that needs an offer/answer exchange.
 ///

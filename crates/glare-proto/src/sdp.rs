@@ -99,7 +99,7 @@ pub enum MediaKind {
     Application,
 }
 
-/// Media direction attribute.
+/// Media direction attribute, from the side that writes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// `a=sendrecv`
@@ -108,8 +108,32 @@ pub enum Direction {
     SendOnly,
     /// `a=recvonly`
     RecvOnly,
-    /// `a=inactive`
+    /// `a=inactive`: neither send nor receive (the m-line stays).
     Inactive,
+}
+
+impl Direction {
+    /// The SDP attribute name (`sendrecv`, `sendonly`, `recvonly`, `inactive`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SendRecv => "sendrecv",
+            Self::SendOnly => "sendonly",
+            Self::RecvOnly => "recvonly",
+            Self::Inactive => "inactive",
+        }
+    }
+
+    /// The direction an SDP attribute name stands for, if it is one.
+    pub fn from_attribute(name: &str) -> Option<Self> {
+        [
+            Self::SendRecv,
+            Self::SendOnly,
+            Self::RecvOnly,
+            Self::Inactive,
+        ]
+        .into_iter()
+        .find(|d| d.as_str() == name)
+    }
 }
 
 /// One m-line.
@@ -375,13 +399,7 @@ fn media_info(index: usize, m: &Media) -> Result<MediaInfo, SdpError> {
     let direction = m
         .attributes
         .iter()
-        .find_map(|a| match a.attribute.as_str() {
-            "sendrecv" => Some(Direction::SendRecv),
-            "sendonly" => Some(Direction::SendOnly),
-            "recvonly" => Some(Direction::RecvOnly),
-            "inactive" => Some(Direction::Inactive),
-            _ => None,
-        });
+        .find_map(|a| Direction::from_attribute(&a.attribute));
     Ok(MediaInfo {
         kind,
         mid: mid.to_owned(),

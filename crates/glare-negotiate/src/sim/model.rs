@@ -248,13 +248,10 @@ impl ModelEngine {
                             "video" => MediaKind::Video,
                             _ => return Err(bad("x-item media kind")),
                         };
-                        let (direction, stopped) = match dir {
-                            "sendrecv" => (Direction::SendRecv, false),
-                            "sendonly" => (Direction::SendOnly, false),
-                            "recvonly" => (Direction::RecvOnly, false),
-                            "inactive" => (Direction::Inactive, false),
-                            "stopped" => (Direction::Inactive, true),
-                            _ => return Err(bad("x-item media direction")),
+                        let (direction, stopped) = match Direction::from_attribute(dir) {
+                            Some(direction) => (direction, false),
+                            None if dir == "stopped" => (Direction::Inactive, true),
+                            None => return Err(bad("x-item media direction")),
                         };
                         Item::Media {
                             kind,
