@@ -4,6 +4,7 @@
 //! cargo xtask ci                     everything CI checks, stopping at the first failure
 //! cargo xtask stress                 the 1,000,000-seed negotiation simulator run
 //! cargo xtask fuzz [--time SECS] [TARGET]   run fuzz targets (all by default)
+//! cargo xtask netlab [--only N,M]    NAT/loss/relay scenarios in network namespaces
 //! ```
 
 use std::{
@@ -17,6 +18,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 mod bench_broker;
+mod netlab;
 
 /// Crates that must stay sans-I/O, and what each must never pull in (normal deps).
 const LAYERING: &[(&str, &[&str])] = &[
@@ -63,14 +65,27 @@ const IMPURE_CALLS: &[&str] = &[
     "thread::spawn(",
 ];
 
-/// Fuzz targets (each also has a `fuzz/corpus/<name>/` seed corpus).
-const FUZZ_TARGETS: &[&str] = &[
-    "sse_decode",
-    "signal_decode",
-    "filter_parse",
-    "sdp_inspect",
-    "negotiate_ops",
-];
+/// The fuzz targets: every `[[bin]]` of fuzz/Cargo.toml (each also has a
+/// `fuzz/corpus/<name>/` seed corpus), so a new target joins CI by being declared.
+fn fuzz_targets() -> Result<Vec<String>> {
+    let manifest = fuzz_dir().join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("reading {}", manifest.display()))?;
+    let mut targets = Vec::new();
+    let mut in_bin = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_bin = line == "[[bin]]";
+        } else if in_bin && let Some(value) = line.strip_prefix("name") {
+            let name = value.trim_start().trim_start_matches('=').trim().trim_matches('"');
+            targets.push(name.to_owned());
+        }
+    }
+    if targets.is_empty() {
+        bail!("no [[bin]] fuzz targets in {}", manifest.display());
+    }
+    Ok(targets)
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -80,9 +95,11 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&args[1..]),
         Some("layering") => layering(),
         Some("bench-broker") => bench_broker::run(),
+        Some("netlab") => netlab::run_cli(&args[1..]),
+        Some("netlab-delay") => netlab::delay(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | stress | fuzz [--time SECS] [TARGET] | layering | bench-broker [--smoke]>"
+                "usage: cargo xtask <ci | stress | fuzz [--time SECS] [TARGET] | layering | bench-broker [--smoke] | netlab [--only N,M] [--all]>"
             );
             return ExitCode::from(2);
         }
@@ -296,7 +313,7 @@ fn fuzz_cmd() -> Command {
 fn fuzz_build_and_smoke() -> Result<()> {
     ensure_cargo_fuzz()?;
     run("fuzz-build", fuzz_cmd().args(["build", "--dev"]))?;
-    for target in FUZZ_TARGETS {
+    for target in &fuzz_targets()? {
         // New inputs land in a scratch directory (first corpus argument), so the smoke
         // run never changes the committed seeds.
         let scratch = fuzz_dir().join("target").join("smoke-corpus").join(target);
@@ -321,6 +338,7 @@ fn fuzz_build_and_smoke() -> Result<()> {
 
 fn fuzz(args: &[String]) -> Result<()> {
     let mut secs = 60u64;
+    let known = fuzz_targets()?;
     let mut targets = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -332,12 +350,12 @@ fn fuzz(args: &[String]) -> Result<()> {
                     .parse()
                     .context("--time needs a number of seconds")?;
             }
-            t if FUZZ_TARGETS.contains(&t) => targets.push(t),
-            other => bail!("unknown fuzz target or option `{other}` (targets: {FUZZ_TARGETS:?})"),
+            t if known.iter().any(|k| k == t) => targets.push(t.to_owned()),
+            other => bail!("unknown fuzz target or option `{other}` (targets: {known:?})"),
         }
     }
     if targets.is_empty() {
-        targets = FUZZ_TARGETS.to_vec();
+        targets = known;
     }
     ensure_cargo_fuzz()?;
     for target in targets {
@@ -346,7 +364,7 @@ fn fuzz(args: &[String]) -> Result<()> {
             "fuzz",
             fuzz_cmd().args([
                 "run",
-                target,
+                &target,
                 &format!("corpus/{target}"),
                 "--",
                 &format!("-max_total_time={secs}"),
