@@ -77,7 +77,11 @@ fn fuzz_targets() -> Result<Vec<String>> {
         if line.starts_with('[') {
             in_bin = line == "[[bin]]";
         } else if in_bin && let Some(value) = line.strip_prefix("name") {
-            let name = value.trim_start().trim_start_matches('=').trim().trim_matches('"');
+            let name = value
+                .trim_start()
+                .trim_start_matches('=')
+                .trim()
+                .trim_matches('"');
             targets.push(name.to_owned());
         }
     }

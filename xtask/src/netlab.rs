@@ -183,7 +183,11 @@ pub(crate) fn run_cli(args: &[String]) -> Result<()> {
         match arg.as_str() {
             "--all" => all = true,
             "--only" => {
-                for n in it.next().context("--only needs scenario numbers, e.g. 1,2")?.split(',') {
+                for n in it
+                    .next()
+                    .context("--only needs scenario numbers, e.g. 1,2")?
+                    .split(',')
+                {
                     only.push(n.trim().parse().context("--only: scenario numbers")?);
                 }
             }
@@ -345,7 +349,15 @@ fn preflight() -> Result<()> {
 fn build_glare() -> Result<PathBuf> {
     run(
         "netlab-build",
-        cargo().args(["build", "--release", "--locked", "-p", "glare", "--bin", "glare"]),
+        cargo().args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "glare",
+            "--bin",
+            "glare",
+        ]),
     )?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| project_root().join("target"), PathBuf::from);
@@ -516,7 +528,16 @@ fn run_scenario(
     in_ns(&inet, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
     // The servers' address sits on the internet namespace's loopback (no dummy
     // interfaces in this kernel); traffic routed to it is delivered locally.
-    sh(&["ip", "-n", &inet, "addr", "add", &format!("{SERVER_IP}/32"), "dev", "lo"])?;
+    sh(&[
+        "ip",
+        "-n",
+        &inet,
+        "addr",
+        "add",
+        &format!("{SERVER_IP}/32"),
+        "dev",
+        "lo",
+    ])?;
 
     // Sites: a router per site between the internet and a LAN bridge.
     let sites = if sc.same_lan { 1 } else { 2 };
@@ -528,10 +549,28 @@ fn run_scenario(
             (&inet, &format!("wan{s}"), &format!("10.201.{s}.1/24")),
             (&router, "wan", &format!("10.201.{s}.2/24")),
         )?;
-        sh(&["ip", "-n", &router, "route", "add", "default", "via", &format!("10.201.{s}.1")])?;
+        sh(&[
+            "ip",
+            "-n",
+            &router,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.201.{s}.1"),
+        ])?;
         in_ns(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         sh(&["ip", "-n", &router, "link", "add", "lan", "type", "bridge"])?;
-        sh(&["ip", "-n", &router, "addr", "add", &format!("192.168.{s}.1/24"), "dev", "lan"])?;
+        sh(&[
+            "ip",
+            "-n",
+            &router,
+            "addr",
+            "add",
+            &format!("192.168.{s}.1/24"),
+            "dev",
+            "lan",
+        ])?;
         sh(&["ip", "-n", &router, "link", "set", "lan", "up"])?;
         match nat {
             Nat::None => {
@@ -549,12 +588,30 @@ fn run_scenario(
             }
             Nat::Masquerade => in_ns(
                 &router,
-                &["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE"],
+                &[
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "POSTROUTING",
+                    "-o",
+                    "wan",
+                    "-j",
+                    "MASQUERADE",
+                ],
             )?,
             Nat::Symmetric => in_ns(
                 &router,
                 &[
-                    "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE",
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "POSTROUTING",
+                    "-o",
+                    "wan",
+                    "-j",
+                    "MASQUERADE",
                     "--random",
                 ],
             )?,
@@ -564,15 +621,27 @@ fn run_scenario(
             in_ns(
                 &router,
                 &[
-                    "iptables", "-A", "FORWARD", "-i", "wan", "-m", "conntrack", "!", "--ctstate",
-                    "ESTABLISHED,RELATED", "-j", "DROP",
+                    "iptables",
+                    "-A",
+                    "FORWARD",
+                    "-i",
+                    "wan",
+                    "-m",
+                    "conntrack",
+                    "!",
+                    "--ctstate",
+                    "ESTABLISHED,RELATED",
+                    "-j",
+                    "DROP",
                 ],
             )?;
         }
         if s == 1 && sc.block_udp_a {
             in_ns(
                 &router,
-                &["iptables", "-A", "FORWARD", "-i", "lan", "-p", "udp", "-j", "DROP"],
+                &[
+                    "iptables", "-A", "FORWARD", "-i", "lan", "-p", "udp", "-j", "DROP",
+                ],
             )?;
         }
         lans.push(router);
@@ -589,8 +658,26 @@ fn run_scenario(
             (&router, &format!("p{name}"), ""),
             (&ns, "eth0", &format!("192.168.{site}.{host}/24")),
         )?;
-        sh(&["ip", "-n", &router, "link", "set", &format!("p{name}"), "master", "lan"])?;
-        sh(&["ip", "-n", &ns, "route", "add", "default", "via", &format!("192.168.{site}.1")])?;
+        sh(&[
+            "ip",
+            "-n",
+            &router,
+            "link",
+            "set",
+            &format!("p{name}"),
+            "master",
+            "lan",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("192.168.{site}.1"),
+        ])?;
         peers.push((ns, format!("192.168.{site}.{host}")));
     }
 
@@ -600,8 +687,19 @@ fn run_scenario(
         in_ns(
             &inet,
             &[
-                "iptables", "-A", "FORWARD", "-p", "udp", "-m", "statistic", "--mode", "random",
-                "--probability", &p.to_string(), "-j", "DROP",
+                "iptables",
+                "-A",
+                "FORWARD",
+                "-p",
+                "udp",
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &p.to_string(),
+                "-j",
+                "DROP",
             ],
         )?;
     }
@@ -624,7 +722,15 @@ fn run_scenario(
         in_ns(
             &inet,
             &[
-                "iptables", "-A", "FORWARD", "-p", "udp", "-j", "NFQUEUE", "--queue-num", "7",
+                "iptables",
+                "-A",
+                "FORWARD",
+                "-p",
+                "udp",
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                "7",
                 "--queue-bypass",
             ],
         )?;
@@ -674,8 +780,12 @@ fn run_scenario(
     )?;
     pump("coturn", turn, &tx);
     let deadline = Instant::now() + Duration::from_secs(15);
-    wait_for(&rx, deadline, |l| matches!(l, Line::Out(who, s) if who == "broker" && s.starts_with("listening ")))
-        .context("the broker did not start")?;
+    wait_for(
+        &rx,
+        deadline,
+        |l| matches!(l, Line::Out(who, s) if who == "broker" && s.starts_with("listening ")),
+    )
+    .context("the broker did not start")?;
 
     let broker_url = format!("http://{SERVER_IP}:{BROKER_PORT}");
     let out_dir = work.join(format!("recv-{}", sc.id));
@@ -709,7 +819,11 @@ fn run_scenario(
     let b = lab.spawn("b", &b_ns, &b_args)?;
     pump("b", b, &tx);
     let deadline = Instant::now() + Duration::from_secs(20);
-    let sid = match wait_for(&rx, deadline, |l| matches!(l, Line::Out(who, s) if who == "b" && s.starts_with("sid ")))? {
+    let sid = match wait_for(
+        &rx,
+        deadline,
+        |l| matches!(l, Line::Out(who, s) if who == "b" && s.starts_with("sid ")),
+    )? {
         Line::Out(_, s) => s["sid ".len()..].trim().to_owned(),
         _ => unreachable!("wait_for returns the matching line"),
     };
@@ -806,13 +920,34 @@ fn flush_mapping(router: &str) -> Result<()> {
     in_ns(
         router,
         &[
-            "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-p", "udp", "-j",
-            "MASQUERADE", "--to-ports", "40000-40999",
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "wan",
+            "-p",
+            "udp",
+            "-j",
+            "MASQUERADE",
+            "--to-ports",
+            "40000-40999",
         ],
     )?;
     in_ns(
         router,
-        &["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE"],
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "wan",
+            "-j",
+            "MASQUERADE",
+        ],
     )?;
     in_ns(router, &["conntrack", "-F"])
 }
