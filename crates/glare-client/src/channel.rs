@@ -202,22 +202,14 @@ impl Channel {
 
     /// Sends `message` to `target` from `origin` (this channel's cid or one of its
     /// sessions); resolves once the broker has the message in the target's stream or
-    /// resume buffer.
-    ///
-    /// Over [`Transport::Sse`] this is one `POST /send`. Over
-    /// [`Transport::WebSocket`] it is a frame on the channel's socket, answered by its
-    /// `ack` or `error`; sends made while the socket is down wait for the resume. A
-    /// send already written when the socket drops fails with [`Error::Unconfirmed`]
-    /// (it may or may not have been delivered; it is never retried behind the
-    /// caller's back). Concurrent sends on one channel are written in call order.
+    /// resume buffer. See [`ChannelSender::send`], which this calls.
     pub async fn send<T: Serialize + ?Sized>(
         &self,
         target: &str,
         origin: &str,
         message: &T,
     ) -> Result<(), Error> {
-        let message = to_raw(message)?;
-        self.send_raw(target, origin, &message).await
+        self.sender().send(target, origin, message).await
     }
 
     /// [`send`](Self::send) with a message that is already JSON text.
@@ -227,23 +219,19 @@ impl Channel {
         origin: &str,
         message: &RawValue,
     ) -> Result<(), Error> {
-        let Some(sends) = &self.sends else {
-            return self
-                .client
-                .send_raw(target, origin, &self.auth.key, message)
-                .await;
-        };
-        let (done, answer) = oneshot::channel();
-        let cmd = ws::SendCmd {
-            rest: ws::send_rest(target, origin, message),
-            done,
-        };
-        if sends.send(cmd).is_err() {
-            return Err(Error::Closed("the channel's socket task ended".into()));
+        self.sender().send_raw(target, origin, message).await
+    }
+
+    /// A cloneable, `'static` handle that sends from this channel, so several tasks can
+    /// send while another reads [`next`](Self::next). Over the WebSocket it stops
+    /// working (with [`Error::Closed`]) once the channel is dropped or closed; over SSE
+    /// it posts with the channel's key for as long as the broker keeps the channel.
+    pub fn sender(&self) -> ChannelSender {
+        ChannelSender {
+            client: self.client.clone(),
+            auth: self.auth.clone(),
+            sends: self.sends.clone(),
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(Error::Closed("the channel's socket task ended".into())))
     }
 
     /// Creates a session hosted by this channel.
@@ -482,4 +470,67 @@ pub(crate) fn jitter(d: Duration) -> Duration {
     use rand::{Rng as _, SeedableRng as _};
     let f = rand::rngs::StdRng::from_os_rng().random_range(0.75..=1.0);
     d.mul_f64(f)
+}
+
+/// Sends messages from a [`Channel`]; made by [`Channel::sender`], cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ChannelSender {
+    client: Client,
+    auth: ChannelAuth,
+    /// The socket task's send queue (WebSocket transport only).
+    sends: Option<mpsc::UnboundedSender<ws::SendCmd>>,
+}
+
+impl ChannelSender {
+    /// The id of the channel this sends from.
+    pub fn cid(&self) -> &str {
+        &self.auth.cid
+    }
+
+    /// Sends `message` to `target` from `origin` (the channel's cid or one of its
+    /// sessions); resolves once the broker has the message in the target's stream or
+    /// resume buffer.
+    ///
+    /// Over [`Transport::Sse`] this is one `POST /send`. Over
+    /// [`Transport::WebSocket`] it is a frame on the channel's socket, answered by its
+    /// `ack` or `error`; sends made while the socket is down wait for the resume. A
+    /// send already written when the socket drops fails with [`Error::Unconfirmed`]
+    /// (it may or may not have been delivered; it is never retried behind the
+    /// caller's back). Over the WebSocket, sends are written in the order the calls
+    /// were made (from one sender or several).
+    pub async fn send<T: Serialize + ?Sized>(
+        &self,
+        target: &str,
+        origin: &str,
+        message: &T,
+    ) -> Result<(), Error> {
+        let message = to_raw(message)?;
+        self.send_raw(target, origin, &message).await
+    }
+
+    /// [`send`](Self::send) with a message that is already JSON text.
+    pub async fn send_raw(
+        &self,
+        target: &str,
+        origin: &str,
+        message: &RawValue,
+    ) -> Result<(), Error> {
+        let Some(sends) = &self.sends else {
+            return self
+                .client
+                .send_raw(target, origin, &self.auth.key, message)
+                .await;
+        };
+        let (done, answer) = oneshot::channel();
+        let cmd = ws::SendCmd {
+            rest: ws::send_rest(target, origin, message),
+            done,
+        };
+        if sends.send(cmd).is_err() {
+            return Err(Error::Closed("the channel's socket task ended".into()));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Error::Closed("the channel's socket task ended".into())))
+    }
 }

@@ -51,7 +51,7 @@ mod ws;
 use std::time::Duration;
 
 use bytes::Bytes;
-pub use channel::{Channel, ChannelEvent, Message, Transport};
+pub use channel::{Channel, ChannelEvent, ChannelSender, Message, Transport};
 pub use error::Error;
 use glare_proto::broker::{
     ChannelAuth, ErrorBody, Json, ListEntry, SessionCreated, SessionValues, json_null,

@@ -531,3 +531,34 @@ async fn watch_resumes_and_resyncs() {
     let list = client.list("room").await.unwrap();
     assert_eq!(list.len(), 2);
 }
+
+/// A `ChannelSender` sends from other tasks while the channel itself is being read,
+/// over both transports; messages from one sender arrive in call order; over the
+/// WebSocket a sender of a dropped channel fails with `Closed`.
+#[tokio::test]
+async fn sender_sends_from_other_tasks() {
+    for transport in [Transport::WebSocket, Transport::Sse] {
+        let (client, _h) = broker_over(transport, |_| {}).await;
+        let mut a = client.open().await.unwrap();
+        let b = client.open().await.unwrap();
+        let sender = b.sender();
+        assert_eq!(sender.cid(), b.cid());
+        let acid = a.cid().to_owned();
+        let task = tokio::spawn(async move {
+            for i in 0..50u32 {
+                sender.send(&acid, sender.cid(), &i).await.unwrap();
+            }
+            sender
+        });
+        for i in 0..50u32 {
+            let m = next_message(&mut a).await;
+            assert_eq!(m.parse::<u32>().unwrap(), i, "{transport:?}");
+        }
+        let sender = task.await.unwrap();
+        drop(b);
+        if transport == Transport::WebSocket {
+            let e = sender.send(a.cid(), sender.cid(), &1).await.unwrap_err();
+            assert!(matches!(e, Error::Closed(_)), "{e:?}");
+        }
+    }
+}
