@@ -5,6 +5,7 @@
 //! cargo xtask stress                 the 1,000,000-seed negotiation simulator run
 //! cargo xtask fuzz [--time SECS] [TARGET]   run fuzz targets (all by default)
 //! cargo xtask netlab [--only N,M]    NAT/loss/relay scenarios in network namespaces
+//! cargo xtask interop [--ci]         glare against Chromium, libdatachannel, libwebrtc, aiortc
 //! ```
 
 use std::{
@@ -18,6 +19,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 mod bench_broker;
+mod interop;
 mod netlab;
 
 /// Crates that must stay sans-I/O, and what each must never pull in (normal deps).
@@ -100,10 +102,11 @@ fn main() -> ExitCode {
         Some("layering") => layering(),
         Some("bench-broker") => bench_broker::run(),
         Some("netlab") => netlab::run_cli(&args[1..]),
+        Some("interop") => interop::run_cli(&args[1..]),
         Some("netlab-delay") => netlab::delay(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | stress | fuzz [--time SECS] [TARGET] | layering | bench-broker [--smoke] | netlab [--only N,M] [--all]>"
+                "usage: cargo xtask <ci | stress | fuzz [--time SECS] [TARGET] | layering | bench-broker [--smoke] | netlab [--only N,M] [--all] | interop [--ci] [--cells LIST]>"
             );
             return ExitCode::from(2);
         }
