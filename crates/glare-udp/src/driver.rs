@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, oneshot};
@@ -14,9 +14,12 @@ use crate::batch::{self, SendQueue};
 use crate::connection::{Connection, Datagram, Ecn, Transmit};
 use crate::socket::{MAX_GSO_BYTES, UdpIo};
 use crate::stun::{self, BindingResult, StunClient, StunShape, TRANSACTION_ID_LEN};
+use crate::turn::client::{Inbound, SendOutcome, TurnClient, TurnEvent};
+use crate::turn::framing::StreamFramer;
+use crate::turn::stream::{self as turn_stream, StreamEvent};
 use crate::{
     BindError, CandidateError, DriverError, HostFilter, ReflexiveCandidate, SocketConfig,
-    StunConfig, StunError, StunServer,
+    StunConfig, StunError, StunServer, TurnConfig, TurnError, TurnServer, TurnTransport,
 };
 
 /// How a driver behaves.
@@ -37,6 +40,8 @@ pub struct Config {
     pub max_commands: usize,
     /// STUN binding retransmission.
     pub stun: StunConfig,
+    /// TURN allocations: timers, limits, TLS roots.
+    pub turn: TurnConfig,
 }
 
 impl Default for Config {
@@ -48,6 +53,7 @@ impl Default for Config {
             max_transmits: 1024,
             max_commands: 64,
             stun: StunConfig::default(),
+            turn: TurnConfig::default(),
         }
     }
 }
@@ -84,6 +90,19 @@ pub struct Stats {
     pub recv_errors: u64,
     /// Answers to the driver's own STUN bindings.
     pub stun_responses: u64,
+    /// Messages from TURN servers that carried no peer data (responses, or ones
+    /// ignored as malformed or unexpected).
+    pub turn_messages: u64,
+    /// Peer datagrams that arrived through a relay (Data indications, `ChannelData`).
+    pub relayed_received: u64,
+    /// Datagrams for peers handed to a relay: wrapped for the server, or held while
+    /// the peer's permission is created.
+    pub relayed_sent: u64,
+    /// Datagrams for a relay that were dropped (no permission yet and the queue
+    /// full, no allocation, the TCP/TLS write queue full).
+    pub relay_dropped: u64,
+    /// Relay allocations now alive.
+    pub relays: u64,
     /// Connections now served.
     pub connections: u64,
     /// `(local, remote)` pairs now in the demux table.
@@ -125,7 +144,44 @@ enum Command<C> {
         servers: Vec<SocketAddr>,
         reply: oneshot::Sender<Vec<BindingResult>>,
     },
+    Allocate {
+        server: SocketAddr,
+        turn: TurnServer,
+        reply: oneshot::Sender<Result<RelayCandidate, TurnError>>,
+    },
+    Relays {
+        reply: oneshot::Sender<Vec<RelayCandidate>>,
+    },
+    Release {
+        relayed: SocketAddr,
+        reply: oneshot::Sender<bool>,
+    },
     Shutdown,
+}
+
+/// A relay candidate: an allocation on a TURN server, alive until released, lost,
+/// or the driver stops (which releases it).
+///
+/// Hand `relayed` to ICE as a local candidate of type relay (related address
+/// `mapped`). The driver does the rest: a [`Transmit`] whose
+/// [`source`](Transmit::source) is `relayed` goes to the server wrapped (`ChannelData`
+/// once a channel is bound, else a Send indication after the peer's permission is
+/// created), and what the server relays back arrives as a [`Datagram`] with
+/// `destination` = `relayed` and `source` = the peer, through the normal demux.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct RelayCandidate {
+    /// The TURN server's address.
+    pub server: SocketAddr,
+    /// How the driver reaches it.
+    pub transport: TurnTransport,
+    /// The relayed transport address: the candidate.
+    pub relayed: SocketAddr,
+    /// This socket's address as the server saw it (a server-reflexive address over
+    /// UDP), when the server said.
+    pub mapped: Option<SocketAddr>,
+    /// The lifetime the server granted (the driver refreshes before it ends).
+    pub lifetime: Duration,
 }
 
 /// Binds a UDP socket at `addr` and starts its reactor task; returns a handle to it.
@@ -186,6 +242,9 @@ impl<C> std::fmt::Debug for Command<C> {
             Self::Call { .. } => "Call",
             Self::Stats { .. } => "Stats",
             Self::Stun { .. } => "Stun",
+            Self::Allocate { .. } => "Allocate",
+            Self::Relays { .. } => "Relays",
+            Self::Release { .. } => "Release",
             Self::Shutdown => "Shutdown",
         })
     }
@@ -284,8 +343,75 @@ impl<C: Connection> Driver<C> {
             .collect()
     }
 
-    /// Stops the reactor (its connections are dropped). Returns once the request is
-    /// queued; later requests fail with [`DriverError::Closed`].
+    /// Allocates a relay on every TURN server (at once) and returns, in the same
+    /// order, the relay candidate each gave, or why it gave none.
+    ///
+    /// Over UDP the allocation uses this driver's socket (one allocation per server:
+    /// asking again for a live one returns it); over TCP and TLS each allocation has
+    /// its own connection. The driver refreshes allocations, permissions and channels
+    /// before they expire, and releases them on [`Driver::shutdown`]. Names are
+    /// resolved first; each allocation ends within [`TurnConfig::transaction_timeout`]
+    /// per request (plus [`TurnConfig::connect_timeout`] over TCP/TLS).
+    pub async fn allocate_relays(
+        &self,
+        servers: &[TurnServer],
+    ) -> Vec<Result<RelayCandidate, TurnError>> {
+        let ipv4 = self.local.is_ipv4();
+        let mut pending = Vec::with_capacity(servers.len());
+        for turn in servers {
+            if turn.credentials().is_none() {
+                pending.push(Err(TurnError::MissingCredentials {
+                    server: turn.to_string(),
+                }));
+                continue;
+            }
+            let server = match turn.resolve(ipv4).await {
+                Ok(addr) => addr,
+                Err(e) => {
+                    pending.push(Err(e));
+                    continue;
+                }
+            };
+            let (reply, rx) = oneshot::channel();
+            let command = Command::Allocate {
+                server,
+                turn: turn.clone(),
+                reply,
+            };
+            match self.send(command).await {
+                Ok(()) => pending.push(Ok(rx)),
+                Err(e) => pending.push(Err(e.into())),
+            }
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for p in pending {
+            results.push(match p {
+                Ok(rx) => rx
+                    .await
+                    .unwrap_or(Err(TurnError::Driver(DriverError::Closed))),
+                Err(e) => Err(e),
+            });
+        }
+        results
+    }
+
+    /// The relay allocations now alive (lost ones are gone from the list).
+    pub async fn relays(&self) -> Result<Vec<RelayCandidate>, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Relays { reply }).await?;
+        rx.await.map_err(|_| DriverError::Closed)
+    }
+
+    /// Deletes the allocation whose relayed address is `relayed` (a Refresh with
+    /// lifetime 0 to the server). `false` when there is none.
+    pub async fn release_relay(&self, relayed: SocketAddr) -> Result<bool, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Release { relayed, reply }).await?;
+        rx.await.map_err(|_| DriverError::Closed)
+    }
+
+    /// Stops the reactor (its connections are dropped, its relays released). Returns
+    /// once the request is queued; later requests fail with [`DriverError::Closed`].
     pub async fn shutdown(&self) {
         // An error means it has stopped already.
         let _ = self.tx.send(Command::Shutdown).await;
@@ -380,8 +506,29 @@ struct StunWaiter {
 /// What woke the reactor.
 enum Wake<C> {
     Command(Option<Command<C>>),
+    Stream(Option<(u64, StreamEvent)>),
     Io,
 }
+
+/// One TURN allocation the reactor drives.
+struct Relay {
+    client: TurnClient,
+    transport: TurnTransport,
+    /// TCP/TLS only: the connection's task, and the framing of what it reads.
+    stream: Option<StreamLink>,
+    waiter: Option<oneshot::Sender<Result<RelayCandidate, TurnError>>>,
+    candidate: Option<RelayCandidate>,
+}
+
+struct StreamLink {
+    tx: mpsc::Sender<Vec<u8>>,
+    framer: StreamFramer,
+    /// Framed messages for the next write.
+    out: Vec<u8>,
+}
+
+/// Stream events queued to the reactor from all TCP/TLS tasks.
+const STREAM_EVENTS: usize = 256;
 
 struct Reactor<C> {
     io: UdpIo,
@@ -398,6 +545,15 @@ struct Reactor<C> {
     stun: StunClient,
     stun_waiters: Vec<StunWaiter>,
     rng: rand::rngs::StdRng,
+    relays: HashMap<u64, Relay>,
+    next_relay: u64,
+    /// UDP allocations by server address (the demux checks it).
+    udp_relays: HashMap<SocketAddr, u64>,
+    /// Live allocations by relayed address (the transmit path checks it).
+    relay_by_addr: HashMap<SocketAddr, u64>,
+    stream_tx: mpsc::Sender<(u64, StreamEvent)>,
+    stream_rx: mpsc::Receiver<(u64, StreamEvent)>,
+    scratch: Vec<u8>,
     recv_buf: Vec<u8>,
     recv_meta: Vec<quinn_udp::RecvMeta>,
     send: SendQueue,
@@ -411,7 +567,15 @@ const SEND_QUEUE_BYTES: usize = 256 * 1024;
 impl<C: Connection> Reactor<C> {
     fn new(io: UdpIo, config: Config, commands: mpsc::Receiver<Command<C>>) -> Self {
         let slot = io.recv_slot_size();
+        let (stream_tx, stream_rx) = mpsc::channel(STREAM_EVENTS);
         Self {
+            relays: HashMap::new(),
+            next_relay: 0,
+            udp_relays: HashMap::new(),
+            relay_by_addr: HashMap::new(),
+            stream_tx,
+            stream_rx,
+            scratch: Vec::new(),
             stun: StunClient::new(config.stun),
             recv_buf: vec![0; slot * quinn_udp::BATCH_SIZE],
             recv_meta: vec![quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE],
@@ -442,14 +606,16 @@ impl<C: Connection> Reactor<C> {
         let mut wake = Wake::Io;
         loop {
             let now = Self::now();
-            if let Wake::Command(command) = wake {
-                match command {
-                    Some(command) => self.handle_command(now, command),
-                    None => self.stopping = true,
-                }
+            match wake {
+                Wake::Command(Some(command)) => self.handle_command(now, command),
+                Wake::Command(None) => self.stopping = true,
+                Wake::Stream(Some((key, event))) => self.handle_stream_event(now, key, event),
+                Wake::Stream(None) | Wake::Io => {}
             }
             self.take_commands(now);
+            self.take_stream_events(now);
             if self.stopping {
+                self.release_relays(now);
                 break;
             }
             self.receive(now);
@@ -482,6 +648,7 @@ impl<C: Connection> Reactor<C> {
             .map(|&(at, _)| at)
             .into_iter()
             .chain(self.stun.poll_timeout())
+            .chain(self.relays.values().filter_map(|r| r.client.poll_timeout()))
             .min();
         let sleep = async {
             match deadline {
@@ -491,6 +658,7 @@ impl<C: Connection> Reactor<C> {
         };
         tokio::select! {
             command = self.commands.recv() => Wake::Command(command),
+            event = self.stream_rx.recv() => Wake::Stream(event),
             readable = self.io.readable() => {
                 if let Err(e) = readable {
                     debug!(error = %e, "UDP socket readiness failed");
@@ -537,7 +705,32 @@ impl<C: Connection> Reactor<C> {
                 let mut stats = self.stats;
                 stats.connections = (self.slots.len() - self.free.len()) as u64;
                 stats.pairs = self.pairs.len() as u64;
+                stats.relays = self.relay_by_addr.len() as u64;
                 let _ = reply.send(stats);
+            }
+            Command::Allocate {
+                server,
+                turn,
+                reply,
+            } => self.allocate(now, server, &turn, reply),
+            Command::Relays { reply } => {
+                let mut relays: Vec<RelayCandidate> =
+                    self.relays.values().filter_map(|r| r.candidate).collect();
+                relays.sort_by_key(|c| c.relayed);
+                let _ = reply.send(relays);
+            }
+            Command::Release { relayed, reply } => {
+                let found = match self.relay_by_addr.remove(&relayed) {
+                    Some(key) => {
+                        if let Some(relay) = self.relays.get_mut(&key) {
+                            relay.client.release(now);
+                            relay.candidate = None;
+                        }
+                        true
+                    }
+                    None => false,
+                };
+                let _ = reply.send(found);
             }
             Command::Stun { servers, reply } => {
                 let mut ids = Vec::with_capacity(servers.len());
@@ -706,6 +899,44 @@ impl<C: Connection> Reactor<C> {
             }
             _ => {}
         }
+        if !self.udp_relays.is_empty()
+            && let Some(&key) = self.udp_relays.get(&source)
+        {
+            self.turn_server_datagram(now, key, datagram);
+            return;
+        }
+        self.deliver(now, datagram);
+    }
+
+    /// A datagram from the server of UDP allocation `key`: a response, or peer data
+    /// to deliver as if it had arrived at the relayed address.
+    fn turn_server_datagram(&mut self, now: Instant, key: u64, datagram: Datagram<'_>) {
+        let Some(relay) = self.relays.get_mut(&key) else {
+            return;
+        };
+        let relayed = relay.client.relayed();
+        let inbound = relay.client.handle_message(now, datagram.payload);
+        self.relay_inbound(now, relayed, inbound);
+    }
+
+    fn relay_inbound(&mut self, now: Instant, relayed: Option<SocketAddr>, inbound: Inbound<'_>) {
+        match (inbound, relayed) {
+            (Inbound::Data { peer, payload }, Some(relayed)) => {
+                self.stats.relayed_received += 1;
+                trace!(%peer, %relayed, len = payload.len(), "relayed datagram");
+                self.deliver(now, Datagram::new(peer, relayed, None, payload));
+            }
+            _ => self.stats.turn_messages += 1,
+        }
+    }
+
+    /// The pair table, then `accepts()` for an unknown pair, else drop and count.
+    fn deliver(&mut self, now: Instant, datagram: Datagram<'_>) {
+        let Datagram {
+            source,
+            destination,
+            ..
+        } = datagram;
         let key = (destination, source);
         let cached = self.last_route.filter(|(pair, _)| *pair == key);
         let id = match cached
@@ -771,6 +1002,254 @@ impl<C: Connection> Reactor<C> {
         }
         self.stun.handle_timeout(now);
         self.finish_stun();
+        for relay in self.relays.values_mut() {
+            if relay.client.poll_timeout().is_some_and(|at| at <= now) {
+                relay.client.handle_timeout(now);
+            }
+        }
+        self.relay_events();
+    }
+
+    // ---- TURN ----
+
+    fn allocate(
+        &mut self,
+        now: Instant,
+        server: SocketAddr,
+        turn: &TurnServer,
+        reply: oneshot::Sender<Result<RelayCandidate, TurnError>>,
+    ) {
+        let transport = turn.transport();
+        if transport == TurnTransport::Udp
+            && let Some(relay) = self
+                .udp_relays
+                .get(&server)
+                .and_then(|key| self.relays.get(key))
+        {
+            let _ = reply.send(match relay.candidate {
+                Some(candidate) => Ok(candidate),
+                None => Err(TurnError::Busy { server }),
+            });
+            return;
+        }
+        let Some((username, password)) = turn.credentials() else {
+            let _ = reply.send(Err(TurnError::MissingCredentials {
+                server: turn.to_string(),
+            }));
+            return;
+        };
+        let key = self.next_relay;
+        self.next_relay += 1;
+        let reliable = transport != TurnTransport::Udp;
+        let client = TurnClient::new(
+            now,
+            server,
+            reliable,
+            username,
+            password,
+            self.config.turn.clone(),
+            self.rng.random(),
+        );
+        let stream = reliable.then(|| {
+            let tls = (transport == TurnTransport::Tls).then(|| {
+                let config = self
+                    .config
+                    .turn
+                    .tls
+                    .clone()
+                    .unwrap_or_else(turn_stream::default_tls);
+                (config, turn.host().to_owned())
+            });
+            StreamLink {
+                tx: turn_stream::spawn(
+                    key,
+                    server,
+                    tls,
+                    self.config.turn.connect_timeout,
+                    self.stream_tx.clone(),
+                ),
+                framer: StreamFramer::new(),
+                out: Vec::new(),
+            }
+        });
+        debug!(%server, %transport, key, "TURN allocation started");
+        if !reliable {
+            self.udp_relays.insert(server, key);
+        }
+        self.relays.insert(
+            key,
+            Relay {
+                client,
+                transport,
+                stream,
+                waiter: Some(reply),
+                candidate: None,
+            },
+        );
+    }
+
+    fn take_stream_events(&mut self, now: Instant) {
+        for _ in 0..self.config.max_commands {
+            match self.stream_rx.try_recv() {
+                Ok((key, event)) => self.handle_stream_event(now, key, event),
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn handle_stream_event(&mut self, now: Instant, key: u64, event: StreamEvent) {
+        let Some(relay) = self.relays.get_mut(&key) else {
+            return;
+        };
+        match event {
+            StreamEvent::Connected(local) => {
+                trace!(key, %local, "TURN stream up");
+            }
+            StreamEvent::Closed(error) => relay.client.transport_lost(error),
+            StreamEvent::Data(bytes) => {
+                let Some(link) = relay.stream.as_mut() else {
+                    return;
+                };
+                let mut framer = std::mem::take(&mut link.framer);
+                framer.feed(&bytes);
+                while let Some(relay) = self.relays.get_mut(&key) {
+                    match framer.next_message() {
+                        Ok(Some(message)) => {
+                            let relayed = relay.client.relayed();
+                            let inbound = relay.client.handle_message(now, message);
+                            self.relay_inbound(now, relayed, inbound);
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            let server = relay.client.server();
+                            debug!(%server, "TURN stream lost its framing");
+                            relay
+                                .client
+                                .transport_lost(TurnError::ConnectionClosed { server });
+                            break;
+                        }
+                    }
+                }
+                if let Some(link) = self.relays.get_mut(&key).and_then(|r| r.stream.as_mut()) {
+                    link.framer = framer;
+                }
+            }
+        }
+        self.relay_events();
+    }
+
+    /// Answers allocation waiters and forgets lost allocations.
+    fn relay_events(&mut self) {
+        for (&key, relay) in &mut self.relays {
+            while let Some(event) = relay.client.poll_event() {
+                match event {
+                    TurnEvent::Allocated {
+                        relayed,
+                        mapped,
+                        lifetime,
+                    } => {
+                        let candidate = RelayCandidate {
+                            server: relay.client.server(),
+                            transport: relay.transport,
+                            relayed,
+                            mapped,
+                            lifetime,
+                        };
+                        relay.candidate = Some(candidate);
+                        self.relay_by_addr.insert(relayed, key);
+                        if let Some(waiter) = relay.waiter.take() {
+                            let _ = waiter.send(Ok(candidate));
+                        }
+                    }
+                    TurnEvent::Failed(error) => {
+                        if let Some(candidate) = relay.candidate.take() {
+                            self.relay_by_addr.remove(&candidate.relayed);
+                            debug!(relayed = %candidate.relayed, %error, "relay lost");
+                        }
+                        if let Some(waiter) = relay.waiter.take() {
+                            let _ = waiter.send(Err(error));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the relays' control messages (and data held for permissions); drops
+    /// relays that are finished.
+    fn drain_relays(&mut self, now: Instant) {
+        if self.relays.is_empty() {
+            return;
+        }
+        let max_segments = self.io.max_segments();
+        let mut finished = Vec::new();
+        for (&key, relay) in &mut self.relays {
+            let server = relay.client.server();
+            match relay.stream.as_mut() {
+                None => {
+                    for _ in 0..64 {
+                        let start = self.send.buf.len();
+                        if !relay.client.poll_transmit(now, &mut self.send.buf) {
+                            break;
+                        }
+                        self.send
+                            .push(start, None, server, None, None, max_segments);
+                    }
+                }
+                Some(link) => {
+                    for _ in 0..64 {
+                        if !relay.client.poll_transmit(now, &mut link.out) {
+                            break;
+                        }
+                    }
+                }
+            }
+            if relay.client.is_closed() {
+                finished.push(key);
+            }
+        }
+        for key in finished {
+            if let Some(mut relay) = self.relays.remove(&key) {
+                debug!(key, server = %relay.client.server(), "TURN relay dropped");
+                if let Some(waiter) = relay.waiter.take() {
+                    let server = relay.client.server();
+                    let _ = waiter.send(Err(TurnError::ConnectionClosed { server }));
+                }
+                if let Some(candidate) = relay.candidate {
+                    self.relay_by_addr.remove(&candidate.relayed);
+                }
+                self.udp_relays.retain(|_, k| *k != key);
+                if let Some(link) = relay.stream
+                    && !link.out.is_empty()
+                {
+                    // The goodbye (a Refresh with lifetime 0): best effort.
+                    let _ = link.tx.try_send(link.out);
+                }
+            }
+        }
+    }
+
+    /// Deletes every allocation (the reactor is stopping).
+    fn release_relays(&mut self, now: Instant) {
+        for relay in self.relays.values_mut() {
+            relay.client.release(now);
+        }
+        self.drain_relays(now);
+        // Best effort: one send per UDP goodbye, without waiting for writability.
+        for batch in &self.send.batches {
+            let contents = &self.send.buf[batch.start..batch.end];
+            let transmit = quinn_udp::Transmit {
+                destination: batch.destination,
+                ecn: None,
+                contents,
+                segment_size: None,
+                src_ip: batch.src_ip,
+            };
+            if batch.segments() == 1 {
+                let _ = self.io.try_send(&transmit);
+            }
+        }
+        self.send.clear();
     }
 
     /// Answers STUN waiters whose transactions have all ended.
@@ -800,6 +1279,13 @@ impl<C: Connection> Reactor<C> {
     /// queue. Returns `true` when it stopped because the queue is full (flush, then
     /// call again); leaves connections dirty when the budget runs out.
     fn drain(&mut self, now: Instant, budget: &mut usize) -> bool {
+        let full = self.drain_connections(now, budget);
+        self.drain_relays(now);
+        full
+    }
+
+    fn drain_connections(&mut self, now: Instant, budget: &mut usize) -> bool {
+        self.drain_relays(now);
         let max_segments = self.io.max_segments();
         while self.send.buf.len() < SEND_QUEUE_BYTES {
             let start = self.send.buf.len();
@@ -840,6 +1326,57 @@ impl<C: Connection> Reactor<C> {
                 };
                 *budget -= 1;
                 let len = self.send.buf.len() - start;
+                if let Some(source) = transmit.source
+                    && !self.relay_by_addr.is_empty()
+                    && let Some(relay) = self
+                        .relay_by_addr
+                        .get(&SocketAddr::new(source.ip().to_canonical(), source.port()))
+                        .and_then(|key| self.relays.get_mut(key))
+                {
+                    // Through a relay: wrap each datagram for the server.
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(&self.send.buf[start..]);
+                    self.send.buf.truncate(start);
+                    let segment = transmit.segment_size.unwrap_or(len).max(1);
+                    let server = relay.client.server();
+                    for datagram in self.scratch.chunks(segment) {
+                        let outcome = match relay.stream.as_mut() {
+                            None => {
+                                let at = self.send.buf.len();
+                                let outcome = relay.client.send(
+                                    now,
+                                    transmit.destination,
+                                    datagram,
+                                    &mut self.send.buf,
+                                );
+                                if outcome == SendOutcome::Wrapped {
+                                    self.send.push(at, None, server, None, None, max_segments);
+                                }
+                                outcome
+                            }
+                            Some(link) => relay.client.send(
+                                now,
+                                transmit.destination,
+                                datagram,
+                                &mut link.out,
+                            ),
+                        };
+                        match outcome {
+                            SendOutcome::Wrapped | SendOutcome::Queued => {
+                                self.stats.relayed_sent += 1;
+                            }
+                            SendOutcome::Dropped(reason) => {
+                                self.stats.relay_dropped += 1;
+                                trace!(%id, peer = %transmit.destination, reason, "relayed datagram dropped");
+                            }
+                        }
+                    }
+                    let pair = (source, transmit.destination);
+                    if !entry.pairs.contains(&pair) && !learned.contains(&pair) {
+                        learned.push(pair);
+                    }
+                    continue;
+                }
                 match check_transmit(&transmit, len, local) {
                     Ok((src_ip, from)) => {
                         trace!(%id, destination = %transmit.destination, len, "transmit");
@@ -901,6 +1438,18 @@ impl<C: Connection> Reactor<C> {
     /// Sends every queued batch: one `sendmsg` per GSO chunk. Waits for writability
     /// when the kernel buffer is full; drops (and counts) what the kernel refuses.
     async fn flush(&mut self) {
+        for relay in self.relays.values_mut() {
+            if let Some(link) = relay.stream.as_mut()
+                && !link.out.is_empty()
+            {
+                let bytes = std::mem::take(&mut link.out);
+                if link.tx.try_send(bytes).is_err() {
+                    // Full (the server or network is slow) or gone (its Closed event
+                    // is on the way): drop, as a congested UDP path would.
+                    self.stats.relay_dropped += 1;
+                }
+            }
+        }
         if self.send.is_empty() {
             self.send.clear();
             return;

@@ -110,3 +110,144 @@ pub enum CandidateError {
     #[error("cannot list network interfaces: {0}")]
     Interfaces(#[source] io::Error),
 }
+
+/// A `stun:`, `turn:` or `turns:` URL (or an ICE server) is malformed: caller misuse.
+/// The message never shows a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid ICE server URL {url:?}: {reason}")]
+#[non_exhaustive]
+pub struct UrlError {
+    /// The URL as given, password replaced.
+    pub url: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+/// Getting or keeping a relay allocation on one TURN server failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TurnError {
+    /// Caller misuse: the server has no username or credential.
+    #[error("TURN server {server} needs a username and a credential")]
+    MissingCredentials {
+        /// The server as configured.
+        server: String,
+    },
+    /// Caller misuse: the credentials cannot be encoded (e.g. a user name over 512
+    /// bytes, or a password the `OpaqueString` profile refuses).
+    #[error("TURN server {server}: unusable credentials: {reason}")]
+    Credentials {
+        /// The server's address.
+        server: SocketAddr,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The server's host name did not resolve.
+    #[error("cannot resolve TURN server {host:?}: {source}")]
+    Resolve {
+        /// The host name.
+        host: String,
+        /// What the resolver said.
+        #[source]
+        source: io::Error,
+    },
+    /// The server's name resolved, but to no address of the socket's family.
+    #[error("TURN server {host:?} has no {family} address")]
+    NoAddress {
+        /// The host name.
+        host: String,
+        /// `"IPv4"` or `"IPv6"`.
+        family: &'static str,
+    },
+    /// The TCP connection to the server could not be made.
+    #[error("cannot connect to TURN server {server}: {source}")]
+    Connect {
+        /// The server's address.
+        server: SocketAddr,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+    /// The TLS handshake with a `turns:` server failed (e.g. an untrusted
+    /// certificate).
+    #[error("TLS with TURN server {server} failed: {reason}")]
+    Tls {
+        /// The server's address.
+        server: SocketAddr,
+        /// What rustls said.
+        reason: String,
+    },
+    /// Reading or writing the TCP/TLS stream failed.
+    #[error("TURN server {server} connection failed: {source}")]
+    Io {
+        /// The server's address.
+        server: SocketAddr,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+    /// Peer fault: the server closed the TCP/TLS connection (the allocation is gone),
+    /// or sent bytes that are neither STUN nor `ChannelData`.
+    #[error("TURN server {server} closed the connection")]
+    ConnectionClosed {
+        /// The server's address.
+        server: SocketAddr,
+    },
+    /// The server rejected the credentials (a 401 answer to an authenticated
+    /// request): wrong user name or password.
+    #[error("TURN server {server} rejected the credentials (401 Unauthorized, realm {realm:?})")]
+    Unauthorized {
+        /// The server's address.
+        server: SocketAddr,
+        /// The realm the server named.
+        realm: String,
+    },
+    /// The server answered with another error (e.g. 486 Allocation Quota Reached,
+    /// 508 Insufficient Capacity, 437 Allocation Mismatch).
+    #[error("TURN server {server} answered error {code}: {reason}")]
+    Rejected {
+        /// The server's address.
+        server: SocketAddr,
+        /// The STUN error code.
+        code: u16,
+        /// The reason phrase the server gave.
+        reason: String,
+    },
+    /// Peer fault: no answer in time.
+    #[error("TURN server {server} did not answer")]
+    Timeout {
+        /// The server's address.
+        server: SocketAddr,
+    },
+    /// Peer fault: an answer that cannot be used (e.g. a success without a relayed
+    /// address, a 401 without realm or nonce).
+    #[error("TURN server {server} answered with a malformed response")]
+    MalformedResponse {
+        /// The server's address.
+        server: SocketAddr,
+    },
+    /// A live allocation could not be refreshed: it is gone.
+    #[error("TURN server {server} refused to refresh the allocation: {reason}")]
+    RefreshFailed {
+        /// The server's address.
+        server: SocketAddr,
+        /// The error code and reason, or "no answer".
+        reason: String,
+    },
+    /// A live allocation expired before a refresh succeeded.
+    #[error("the allocation on TURN server {server} expired")]
+    Expired {
+        /// The server's address.
+        server: SocketAddr,
+    },
+    /// Caller misuse: a UDP allocation on this server from this socket is already
+    /// being made (one allocation per server and socket over UDP).
+    #[error("an allocation on TURN server {server} from this socket is in progress")]
+    Busy {
+        /// The server's address.
+        server: SocketAddr,
+    },
+    /// The driver stopped before the allocation finished.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+}
