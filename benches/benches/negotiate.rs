@@ -18,8 +18,8 @@ struct Null(&'static str);
 
 impl SdpEngine for Null {
     type Error = String;
-    fn create_offer(&mut self, _changes: &[QueuedChange]) -> Result<String, String> {
-        Ok(self.0.to_owned())
+    fn create_offer(&mut self, _changes: &[QueuedChange]) -> Result<Option<String>, String> {
+        Ok(Some(self.0.to_owned()))
     }
     fn accept_offer(&mut self, _offer: &str) -> Result<String, String> {
         Ok(self.0.to_owned())

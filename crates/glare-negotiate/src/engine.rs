@@ -11,7 +11,7 @@ use crate::change::QueuedChange;
 ///
 /// | call | str0m |
 /// |---|---|
-/// | [`create_offer`](Self::create_offer) | apply the changes through `sdp_api()` (`add_channel`, `add_media`, `set_direction`, `stop_media`, `ice_restart`), then `apply()`; keep the `SdpPendingOffer` |
+/// | [`create_offer`](Self::create_offer) | apply the changes through `sdp_api()` (`add_channel`, `add_media`, `set_direction`, `stop_media`, `ice_restart`), then `apply()`; keep the `SdpPendingOffer` (`apply()` giving none: `Ok(None)`) |
 /// | [`accept_offer`](Self::accept_offer) | `sdp_api().accept_offer(offer)` |
 /// | [`accept_answer`](Self::accept_answer) | `sdp_api().accept_answer(pending, answer)` |
 /// | [`rollback`](Self::rollback) | drop the `SdpPendingOffer` |
@@ -41,7 +41,14 @@ pub trait SdpEngine {
     /// Applies `changes` and creates an offer carrying them (and the whole current
     /// session). The offer stays pending until [`accept_answer`](Self::accept_answer)
     /// or [`rollback`](Self::rollback).
-    fn create_offer(&mut self, changes: &[QueuedChange]) -> Result<String, Self::Error>;
+    ///
+    /// `Ok(None)`: every change was applied without an offer (str0m opens a data
+    /// channel on an existing SCTP association in-band, with no SDP). No offer is
+    /// pending then; the negotiator reports the changes negotiated at once
+    /// ([`Event::ChangesNegotiated`](crate::Event::ChangesNegotiated)) and stays
+    /// `stable`. An engine must return `None` only when the peer learns of every
+    /// change without a description.
+    fn create_offer(&mut self, changes: &[QueuedChange]) -> Result<Option<String>, Self::Error>;
 
     /// Applies a remote offer and returns the answer, which is applied locally too.
     fn accept_offer(&mut self, offer: &str) -> Result<String, Self::Error>;

@@ -52,8 +52,8 @@
 //! struct Toy(&'static str);
 //! impl SdpEngine for Toy {
 //!     type Error = String;
-//!     fn create_offer(&mut self, _changes: &[QueuedChange]) -> Result<String, String> {
-//!         Ok(format!("v=0\r\na=ice-ufrag:{}\r\n", self.0))
+//!     fn create_offer(&mut self, _changes: &[QueuedChange]) -> Result<Option<String>, String> {
+//!         Ok(Some(format!("v=0\r\na=ice-ufrag:{}\r\n", self.0)))
 //!     }
 //!     fn accept_offer(&mut self, _offer: &str) -> Result<String, String> {
 //!         Ok(format!("v=0\r\na=ice-ufrag:{}\r\n", self.0))

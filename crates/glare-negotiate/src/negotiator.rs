@@ -281,6 +281,8 @@ pub struct Stats {
     pub candidates_held: u64,
     /// Remote candidates dropped (old ICE generation, or held too long).
     pub candidates_dropped: u64,
+    /// Changes the engine applied without an offer (`create_offer` gave `None`).
+    pub applied_without_offer: u64,
 }
 
 /// Our offer, waiting for its answer.
@@ -625,7 +627,8 @@ impl<R: RandomSource> Negotiator<R> {
     ///
     /// When nothing else is waiting and negotiation is needed (the link is started and
     /// `stable`, changes are queued, no retry delay runs), this creates the offer now,
-    /// through `engine`, with every queued change.
+    /// through `engine`, with every queued change. If the engine applies them all
+    /// without an offer, they are reported negotiated and no offer is sent.
     #[must_use]
     pub fn poll_signal<E: SdpEngine>(&mut self, now: Instant, engine: &mut E) -> Option<Signal> {
         if let Some(signal) = self.signals.pop_front() {
@@ -638,7 +641,17 @@ impl<R: RandomSource> Negotiator<R> {
             return None;
         }
         let sdp = match engine.create_offer(&self.queue) {
-            Ok(sdp) => sdp,
+            Ok(Some(sdp)) => sdp,
+            Ok(None) => {
+                // Applied without SDP: negotiated now, nothing to send.
+                let ids: Vec<ChangeId> = self.queue.drain(..).map(|q| q.id).collect();
+                debug!(?ids, "changes applied without an offer");
+                self.stats.applied_without_offer += ids.len() as u64;
+                self.events.push_back(Event::ChangesNegotiated { ids });
+                self.complete_reported = false;
+                self.report_complete();
+                return self.signals.pop_front();
+            }
             Err(e) => {
                 self.fail(FailReason::Engine(e.to_string()));
                 return self.signals.pop_front();

@@ -607,3 +607,116 @@ fn fuzz_body_runs_on_sample_inputs() {
         "random inputs rarely get anywhere"
     );
 }
+
+/// An engine that applies data channels without SDP once the first exchange is done
+/// (as str0m does on an existing SCTP association), and offers everything else.
+struct Direct {
+    ufrag: &'static str,
+    has_app: bool,
+    pending: bool,
+    offers: u32,
+}
+
+impl glare_negotiate::SdpEngine for Direct {
+    type Error = String;
+    fn create_offer(
+        &mut self,
+        changes: &[glare_negotiate::QueuedChange],
+    ) -> Result<Option<String>, String> {
+        assert!(!self.pending, "create_offer with an offer pending");
+        if self.has_app
+            && changes
+                .iter()
+                .all(|q| matches!(q.change, Change::OpenChannel { .. }))
+        {
+            return Ok(None);
+        }
+        self.pending = true;
+        self.offers += 1;
+        Ok(Some(format!("v=0\r\na=ice-ufrag:{}\r\n", self.ufrag)))
+    }
+    fn accept_offer(&mut self, _offer: &str) -> Result<String, String> {
+        self.pending = false;
+        self.has_app = true;
+        Ok(format!("v=0\r\na=ice-ufrag:{}\r\n", self.ufrag))
+    }
+    fn accept_answer(&mut self, _answer: &str) -> Result<(), String> {
+        assert!(self.pending, "answer with no offer pending");
+        self.pending = false;
+        self.has_app = true;
+        Ok(())
+    }
+    fn rollback(&mut self) {
+        self.pending = false;
+    }
+    fn add_remote_candidate(&mut self, _c: &IceCandidate) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[test]
+fn changes_applied_without_an_offer() {
+    let now = Instant::now();
+    let mk = |ufrag| Direct {
+        ufrag,
+        has_app: false,
+        pending: false,
+        offers: 0,
+    };
+    let (mut a, mut ea) = (Negotiator::with_seed(Config::default(), 1), mk("aaaa"));
+    let (mut b, mut eb) = (Negotiator::with_seed(Config::default(), 2), mk("bbbb"));
+    let exchange = |a: &mut Negotiator, ea: &mut Direct, b: &mut Negotiator, eb: &mut Direct| {
+        for _ in 0..10 {
+            let to_b: Vec<Signal> = std::iter::from_fn(|| a.poll_signal(now, ea)).collect();
+            let to_a: Vec<Signal> = std::iter::from_fn(|| b.poll_signal(now, eb)).collect();
+            if to_a.is_empty() && to_b.is_empty() {
+                return;
+            }
+            for s in to_b {
+                b.handle_signal(now, s, eb).unwrap();
+            }
+            for s in to_a {
+                a.handle_signal(now, s, ea).unwrap();
+            }
+        }
+        panic!("no quiescence");
+    };
+    a.request(channel("first")).unwrap();
+    a.dial(now).unwrap();
+    exchange(&mut a, &mut ea, &mut b, &mut eb);
+    assert_eq!(ea.offers, 1);
+    while a.poll_event().is_some() {}
+
+    // A second channel needs no SDP: negotiated at once, no signal, still stable.
+    let second = a.request(channel("second")).unwrap();
+    assert!(a.is_negotiation_needed());
+    assert_eq!(a.poll_signal(now, &mut ea), None);
+    assert_eq!(a.signaling_state(), SignalingState::Stable);
+    assert!(a.queued().is_empty());
+    let ev: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
+    assert_eq!(
+        ev,
+        vec![
+            Event::ChangesNegotiated { ids: vec![second] },
+            Event::NegotiationComplete
+        ]
+    );
+    assert_eq!(a.stats().applied_without_offer, 1);
+    assert_eq!(a.stats().offers_sent, 1);
+
+    // A channel queued with a media change is offered with it.
+    let third = a.request(channel("third")).unwrap();
+    let media = a
+        .request(Change::AddMedia {
+            kind: MediaKind::Audio,
+            direction: Direction::SendRecv,
+        })
+        .unwrap();
+    exchange(&mut a, &mut ea, &mut b, &mut eb);
+    assert_eq!(ea.offers, 2);
+    let ev: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
+    assert!(ev.contains(&Event::ChangesNegotiated {
+        ids: vec![third, media]
+    }));
+    assert_eq!(a.stats().applied_without_offer, 1);
+}

@@ -4,13 +4,18 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use glare_negotiate::{
-    Change, ChangeId, DialError, HandleSignalError, Negotiator, RequestError, TransportState,
+    Change, ChangeId, DialError, Direction, HandleSignalError, MediaKind, Negotiator, RequestError,
+    TransportState,
 };
 use glare_proto::signal::{IceCandidate, Signal};
 use str0m::channel::{ChannelConfig, ChannelId};
+use str0m::format::Codec;
+use str0m::media::{MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, IceConnectionState, Input, Rtc};
+use str0m::{Candidate, CandidateKind, IceConnectionState, Input, Rtc};
 use tracing::{debug, trace};
 
 use crate::engine::{RtcOut, StrEngine};
@@ -29,12 +34,20 @@ pub struct Config {
     /// Seed of the negotiator's tie-breakers and delays: take it from a random source
     /// (both sides must draw differently).
     pub seed: u64,
-    /// str0m's SCTP send buffer (`set_sctp_max_buffered_amount`). str0m's default,
-    /// 128 KiB, caps a channel at about buffer/RTT; glare's default is 1 MiB.
+    /// str0m's SCTP send buffer (`set_sctp_max_buffered_amount`). It caps a channel
+    /// at about buffer/RTT (256 KiB: ~50 Mbit/s at 40 ms RTT), but sctp-proto scans its
+    /// unacknowledged chunks per packet, so a bigger buffer costs CPU per datagram
+    /// (in memory, 16 MiB transfer: 64 KiB → 517 Mbit/s, 128 KiB → 386, 256 KiB → 232,
+    /// 1 MiB → 78). Default 256 KiB: twice str0m's 128 KiB; raise it for long
+    /// fat paths.
     pub sctp_max_buffered_amount: usize,
     /// A channel's buffered amount falling below this raises
-    /// [`Event::ChannelBufferedAmountLow`]. Default 256 KiB.
+    /// [`Event::ChannelBufferedAmountLow`]. Default 64 KiB.
     pub buffered_amount_low_threshold: usize,
+    /// How often str0m refreshes its peer statistics (RTT, selected candidate pair,
+    /// total bytes) for [`Connection::stats`]; `None`: never. Default 1 s (one cheap
+    /// event per interval).
+    pub stats_interval: Option<Duration>,
 }
 
 impl Config {
@@ -43,8 +56,9 @@ impl Config {
         Self {
             negotiator: glare_negotiate::Config::default(),
             seed,
-            sctp_max_buffered_amount: 1024 * 1024,
-            buffered_amount_low_threshold: 256 * 1024,
+            sctp_max_buffered_amount: 256 * 1024,
+            buffered_amount_low_threshold: 64 * 1024,
+            stats_interval: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -56,6 +70,19 @@ impl Config {
 pub struct ChannelHandle(u64);
 
 impl ChannelHandle {
+    /// The number (unique within one connection).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// A media track's stable handle (one m-line): valid from [`Connection::add_track`]
+/// (or the peer's [`Event::TrackOpen`]) for the life of the connection, across glare
+/// rollbacks like a [`ChannelHandle`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TrackHandle(u64);
+
+impl TrackHandle {
     /// The number (unique within one connection).
     pub fn get(self) -> u64 {
         self.0
@@ -142,6 +169,30 @@ pub enum Event {
     /// A channel's buffered amount fell below
     /// [`Config::buffered_amount_low_threshold`]: write more.
     ChannelBufferedAmountLow(ChannelHandle),
+    /// A media track is negotiated: ours (from [`Connection::add_track`], `remote:
+    /// false`) or the peer's (`remote: true`, a new handle).
+    TrackOpen {
+        /// The track.
+        track: TrackHandle,
+        /// Audio or video.
+        kind: MediaKind,
+        /// Whether the peer added it.
+        remote: bool,
+    },
+    /// A media frame arrived (depayloaded: one Opus packet, one VP8 frame).
+    TrackFrame {
+        /// The track (m-line) it arrived on.
+        track: TrackHandle,
+        /// RTP time in the codec's clock (`clock_rate` Hz), extended to 64 bits.
+        rtp_time: u64,
+        /// The codec's clock rate (48,000 for Opus, 90,000 for VP8).
+        clock_rate: u32,
+        /// The frame, shared with str0m (no copy).
+        data: Arc<[u8]>,
+    },
+    /// A media track ended: the peer stopped its track, or our
+    /// [`Connection::remove_track`] was negotiated.
+    TrackClosed(TrackHandle),
     /// The peer closed the DTLS connection or the SCTP association.
     TransportClosed,
     /// str0m failed and was disconnected (the link is closed with a `bye`).
@@ -160,7 +211,8 @@ pub enum Output {
         /// The datagram.
         contents: Vec<u8>,
     },
-    /// Send this signal to the peer (through the broker), in order.
+    /// Send this signal to the peer through the broker, in order (signals that go
+    /// in-band never come out here).
     Signal(Signal),
     /// Tell the application.
     Event(Event),
@@ -196,6 +248,88 @@ pub enum WriteError {
     Rtc(String),
 }
 
+/// Why [`Connection::write_frame`] or [`Connection::remove_track`] refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MediaError {
+    /// No such track.
+    #[error("unknown track {0:?}")]
+    UnknownTrack(TrackHandle),
+    /// Not negotiated yet, stopped, or not sending in its direction.
+    #[error("track {0:?} cannot send now")]
+    NotSending(TrackHandle),
+    /// The negotiated codecs hold none this side can send.
+    #[error("no codec negotiated for track {0:?}")]
+    NoCodec(TrackHandle),
+    /// Only tracks this side added can be removed.
+    #[error("track {0:?} was added by the peer")]
+    RemoteTrack(TrackHandle),
+    /// The negotiator refused the change.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// str0m refused the frame.
+    #[error("str0m refused the frame: {0}")]
+    Rtc(String),
+}
+
+/// Traffic counters of one data channel ([`Connection::channel_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChannelStats {
+    /// Message payload bytes written (accepted by [`Connection::write`]).
+    pub bytes_sent: u64,
+    /// Messages written.
+    pub messages_sent: u64,
+    /// Message payload bytes received.
+    pub bytes_received: u64,
+    /// Messages received.
+    pub messages_received: u64,
+}
+
+/// The ICE candidate pair in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CandidatePair {
+    /// Local address.
+    pub local: SocketAddr,
+    /// Remote address.
+    pub remote: SocketAddr,
+    /// Local candidate type (`None`: not one this side added).
+    pub local_kind: Option<CandidateKind>,
+    /// Remote candidate type (peer-reflexive when it was never signalled).
+    pub remote_kind: CandidateKind,
+}
+
+/// Counters and state of a connection ([`Connection::stats`]): plain reads of what
+/// is kept anyway, no work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Application data channels, summed (glare-signal excluded).
+    pub channels: ChannelStats,
+    /// Signals sent over the in-band channel (not as [`Output::Signal`]).
+    pub signals_sent_in_band: u64,
+    /// Signals received over the in-band channel.
+    pub signals_received_in_band: u64,
+    /// Media frames written.
+    pub frames_sent: u64,
+    /// Media frames received.
+    pub frames_received: u64,
+    /// Remote mDNS (`.local`) candidates skipped (peer-reflexive discovery covers them).
+    pub mdns_candidates_skipped: u64,
+    /// The `now` at which ICE and DTLS first connected.
+    pub connected_at: Option<Instant>,
+    /// All bytes sent and received on the wire (str0m's peer stats, refreshed every
+    /// [`Config::stats_interval`]).
+    pub wire_bytes_sent: u64,
+    /// See `wire_bytes_sent`.
+    pub wire_bytes_received: u64,
+    /// Round-trip time of the latest STUN consent check on the selected pair.
+    pub rtt: Option<Duration>,
+    /// The selected candidate pair (as of the latest stats refresh).
+    pub selected_pair: Option<CandidatePair>,
+}
+
 /// Why [`Connection::add_local_candidate`] refused.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -215,6 +349,39 @@ struct ChannelState {
     open: bool,
     /// glare's own signaling channel: never shown to the application.
     hidden: bool,
+    /// SCTP stream id, once open.
+    stream: Option<u16>,
+    stats: ChannelStats,
+}
+
+/// The last description this side sent through the caller (the broker), while it is
+/// not known to have reached the peer. Until it is, later descriptions go the same
+/// way: one sent in-band could overtake it (PROTOCOL.md §3 needs each direction in
+/// order).
+#[derive(Debug, Clone, Copy)]
+enum BrokerTail {
+    /// Known to have arrived once its answer is applied.
+    Offer { answers_applied: u64 },
+    /// Known to have arrived once any description of the peer arrives after it (the
+    /// peer, in `have-local-offer` until it applies our answer, sends none before);
+    /// or, for this side's first answer with none of its offers ever answered, once
+    /// the transport connects (the peer needed it for ICE and DTLS).
+    Answer {
+        received_before: u64,
+        first_answer: bool,
+    },
+}
+
+#[derive(Debug)]
+struct TrackState {
+    kind: MediaKind,
+    /// The `AddMedia` change of a track of ours.
+    change: Option<ChangeId>,
+    /// `remove_track` was called before the track was negotiated: stop it then.
+    remove_when_open: bool,
+    /// The m-line, once negotiated (ours) or announced (the peer's).
+    mid: Option<Mid>,
+    closed: bool,
 }
 
 /// One WebRTC link: glare-proof negotiation ([`Negotiator`]) on str0m ([`StrEngine`]),
@@ -230,6 +397,23 @@ pub struct Connection {
     by_id: HashMap<ChannelId, ChannelHandle>,
     next_handle: u64,
     signal_channel: Option<ChannelHandle>,
+    /// Every open or opening `glare-signal` channel (ours and the peer's).
+    signal_channels: Vec<ChannelHandle>,
+    tracks: HashMap<TrackHandle, TrackState>,
+    track_by_change: HashMap<ChangeId, TrackHandle>,
+    /// `StopMedia` changes queued by `remove_track`.
+    track_stops: HashMap<ChangeId, TrackHandle>,
+    track_by_mid: HashMap<Mid, TrackHandle>,
+    next_track: u64,
+    local_candidates: Vec<(SocketAddr, CandidateKind)>,
+    broker_tail: Option<BrokerTail>,
+    /// The failure policy queued an ICE restart and the transport has not come back:
+    /// signals go through the broker.
+    repairing: bool,
+    /// Descriptions received from the peer (either path).
+    descriptions_received: u64,
+    answers_sent: u64,
+    stats: Stats,
     dtls_connected: bool,
     rtc_closed: bool,
     last_now: Instant,
@@ -240,13 +424,14 @@ impl Connection {
     pub fn new(now: Instant, config: Config) -> Self {
         let rtc = Rtc::builder()
             .set_sctp_max_buffered_amount(config.sctp_max_buffered_amount)
+            .set_stats_interval(config.stats_interval)
             .build(now);
         Self::from_rtc(now, rtc, config)
     }
 
     /// A connection on an `Rtc` built by the caller (codecs, ICE lite, certificate …).
-    /// Its SCTP buffer setting is the caller's; `config.sctp_max_buffered_amount` is
-    /// not applied.
+    /// Its SCTP buffer and stats interval are the caller's;
+    /// `config.sctp_max_buffered_amount` and `config.stats_interval` are not applied.
     pub fn from_rtc(now: Instant, rtc: Rtc, config: Config) -> Self {
         Self {
             neg: Negotiator::with_seed(config.negotiator.clone(), config.seed),
@@ -258,6 +443,18 @@ impl Connection {
             by_id: HashMap::new(),
             next_handle: 0,
             signal_channel: None,
+            signal_channels: Vec::new(),
+            tracks: HashMap::new(),
+            track_by_change: HashMap::new(),
+            track_stops: HashMap::new(),
+            track_by_mid: HashMap::new(),
+            next_track: 0,
+            local_candidates: Vec::new(),
+            broker_tail: None,
+            repairing: false,
+            descriptions_received: 0,
+            answers_sent: 0,
+            stats: Stats::default(),
             dtls_connected: false,
             rtc_closed: false,
             last_now: now,
@@ -276,7 +473,10 @@ impl Connection {
                 ..ChannelOptions::default()
             };
             match self.open_inner(SIGNAL_LABEL, &options, true) {
-                Ok(h) => self.signal_channel = Some(h),
+                Ok(h) => {
+                    self.signal_channel = Some(h);
+                    self.signal_channels.push(h);
+                }
                 Err(_) => return Err(DialError::LinkOver),
             }
         }
@@ -330,14 +530,113 @@ impl Connection {
                 id,
                 open: false,
                 hidden,
+                stream: None,
+                stats: ChannelStats::default(),
             },
         );
         Ok(handle)
     }
 
-    /// Queues any other change (media tracks, ICE restart) with the negotiator.
+    /// Queues any other change with the negotiator: an ICE restart, a direction
+    /// change. Tracks are better added with [`Connection::add_track`] (a handle,
+    /// frames); an `AddMedia` requested here is negotiated but has no handle.
     pub fn request(&mut self, change: Change) -> Result<ChangeId, RequestError> {
         self.neg.request(change)
+    }
+
+    /// Adds a media track (an m-line of `kind` with `direction`), negotiated through
+    /// the change queue (glare-proof). [`Event::TrackOpen`] tells when it is
+    /// negotiated; then [`Connection::write_frame`] sends on it (Opus for audio, VP8
+    /// for video, when negotiated; else the first codec of its kind).
+    pub fn add_track(
+        &mut self,
+        kind: MediaKind,
+        direction: Direction,
+    ) -> Result<TrackHandle, RequestError> {
+        let change = self.neg.request(Change::AddMedia { kind, direction })?;
+        let track = TrackHandle(self.next_track);
+        self.next_track += 1;
+        self.track_by_change.insert(change, track);
+        self.tracks.insert(
+            track,
+            TrackState {
+                kind,
+                change: Some(change),
+                remove_when_open: false,
+                mid: None,
+                closed: false,
+            },
+        );
+        debug!(?track, %change, ?kind, "track queued for negotiation");
+        Ok(track)
+    }
+
+    /// Stops a track this side added (its m-line is rejected in the next offer); the
+    /// peer sees [`Event::TrackClosed`], and so does this side once negotiated.
+    pub fn remove_track(&mut self, track: TrackHandle) -> Result<(), MediaError> {
+        let t = self
+            .tracks
+            .get_mut(&track)
+            .ok_or(MediaError::UnknownTrack(track))?;
+        let media = t.change.ok_or(MediaError::RemoteTrack(track))?;
+        if t.mid.is_none() {
+            // str0m cannot stop an m-line in the offer that adds it: stop it once
+            // it is negotiated.
+            if t.remove_when_open {
+                return Err(RequestError::MediaStopped(media).into());
+            }
+            t.remove_when_open = true;
+            return Ok(());
+        }
+        self.stop_track(track, media)
+    }
+
+    fn stop_track(&mut self, track: TrackHandle, media: ChangeId) -> Result<(), MediaError> {
+        let change = self.neg.request(Change::StopMedia { media })?;
+        self.track_stops.insert(change, track);
+        Ok(())
+    }
+
+    /// Writes one media frame on a track: `rtp_time` in the codec's clock (48 kHz for
+    /// Opus, 90 kHz for VP8), `wallclock` when it was captured. str0m packetizes,
+    /// paces and encrypts it; the datagrams come out of [`Connection::poll_output`].
+    pub fn write_frame(
+        &mut self,
+        track: TrackHandle,
+        wallclock: Instant,
+        rtp_time: u64,
+        data: &[u8],
+    ) -> Result<(), MediaError> {
+        let t = self
+            .tracks
+            .get(&track)
+            .ok_or(MediaError::UnknownTrack(track))?;
+        let (Some(mid), false) = (t.mid, t.closed) else {
+            return Err(MediaError::NotSending(track));
+        };
+        let want = match t.kind {
+            MediaKind::Audio => Codec::Opus,
+            MediaKind::Video => Codec::Vp8,
+        };
+        self.engine.mutate(|rtc| {
+            let writer = rtc.writer(mid).ok_or(MediaError::NotSending(track))?;
+            let params = writer
+                .payload_params()
+                .find(|p| p.spec().codec == want)
+                .or_else(|| writer.payload_params().next())
+                .ok_or(MediaError::NoCodec(track))?;
+            let (pt, clock) = (params.pt(), params.spec().clock_rate);
+            writer
+                .write(pt, wallclock, MediaTime::new(rtp_time, clock), data)
+                .map_err(|e| MediaError::Rtc(e.to_string()))
+        })?;
+        self.stats.frames_sent += 1;
+        Ok(())
+    }
+
+    /// A track's kind, if the handle is known.
+    pub fn track_kind(&self, track: TrackHandle) -> Option<MediaKind> {
+        self.tracks.get(&track).map(|t| t.kind)
     }
 
     /// Writes one message. `Ok(false)` is back-pressure: nothing was written; wait
@@ -350,18 +649,29 @@ impl Connection {
     ) -> Result<bool, WriteError> {
         let state = self
             .channels
-            .get(&handle)
+            .get_mut(&handle)
+            .filter(|s| !s.hidden)
             .ok_or(WriteError::UnknownChannel(handle))?;
         let id = match state.id {
             Some(id) if state.open => id,
             _ => return Err(WriteError::NotOpen(handle)),
         };
-        self.engine.mutate(|rtc| match rtc.channel(id) {
+        let written = self.engine.mutate(|rtc| match rtc.channel(id) {
             Some(mut ch) => ch
                 .write(binary, data)
                 .map_err(|e| WriteError::Rtc(e.to_string())),
             None => Err(WriteError::NotOpen(handle)),
-        })
+        })?;
+        if written {
+            let n = data.len() as u64;
+            state.stats.bytes_sent += n;
+            state.stats.messages_sent += 1;
+            if !state.hidden {
+                self.stats.channels.bytes_sent += n;
+                self.stats.channels.messages_sent += 1;
+            }
+        }
+        Ok(written)
     }
 
     /// Bytes queued on a channel and not yet acknowledged (0 if it is not open).
@@ -375,7 +685,12 @@ impl Connection {
 
     /// Closes a data channel ([`Event::ChannelClosed`] follows).
     pub fn close_channel(&mut self, handle: ChannelHandle) {
-        if let Some(id) = self.channels.get(&handle).and_then(|s| s.id) {
+        if let Some(id) = self
+            .channels
+            .get(&handle)
+            .filter(|s| !s.hidden)
+            .and_then(|s| s.id)
+        {
             self.engine
                 .mutate(|rtc| rtc.direct_api().close_data_channel(id));
         }
@@ -391,6 +706,7 @@ impl Connection {
 
     /// Adds any local candidate (server-reflexive, relayed …) built by the caller.
     pub fn add_candidate(&mut self, c: Candidate) -> Result<(), CandidateError> {
+        let (addr, kind) = (c.addr(), c.kind());
         let line = self
             .engine
             .mutate(|rtc| rtc.add_local_candidate(c).map(Candidate::to_sdp_string))
@@ -401,10 +717,14 @@ impl Connection {
             Some(i) => line[..i].to_owned(),
             None => line,
         };
+        if self.local_candidates.len() < 64 {
+            self.local_candidates.push((addr, kind));
+        }
         if self.neg.local_ufrag().is_some() {
+            // BUNDLE: one transport, named by the first m-line (as browsers do).
             let candidate = IceCandidate {
                 candidate: line,
-                sdp_mid: None,
+                sdp_mid: self.bundle_mid(),
                 sdp_m_line_index: Some(0),
                 username_fragment: String::new(),
             };
@@ -417,20 +737,64 @@ impl Connection {
 
     /// Trickles end-of-candidates for the current local ICE generation.
     pub fn end_of_candidates(&mut self) {
+        let mut end = IceCandidate::end_of_candidates("");
+        end.sdp_mid = self.bundle_mid();
+        end.sdp_m_line_index = end.sdp_mid.as_ref().map(|_| 0);
         if self.neg.local_ufrag().is_some()
-            && let Err(e) = self
-                .neg
-                .queue_local_candidate(IceCandidate::end_of_candidates(""))
+            && let Err(e) = self.neg.queue_local_candidate(end)
         {
             debug!(error = %e, "end-of-candidates not sent");
         }
     }
 
-    /// Handles a signal from the peer (PROTOCOL.md §2). Errors are peer faults (the
-    /// link fails where the negotiator says so) except `LocalEngine`.
+    /// The `a=mid` of the first m-line of the latest local description.
+    fn bundle_mid(&self) -> Option<String> {
+        let sdp = self
+            .neg
+            .pending_local_description()
+            .or(self.neg.current_local_description())?;
+        sdp.lines()
+            .find_map(|l| l.strip_prefix("a=mid:"))
+            .map(|m| m.trim().to_owned())
+    }
+
+    /// Handles a signal from the peer (PROTOCOL.md §2) that came through the broker.
+    /// Signals are accepted from both paths: this one and the in-band channel.
+    /// Errors are peer faults (the link fails where the negotiator says so) except
+    /// `LocalEngine`.
     pub fn handle_signal(&mut self, now: Instant, signal: Signal) -> Result<(), HandleSignalError> {
         self.last_now = now;
-        self.neg.handle_signal(now, signal, &mut self.engine)
+        self.on_signal(now, signal)
+    }
+
+    /// A signal from the peer, from either path.
+    fn on_signal(&mut self, now: Instant, signal: Signal) -> Result<(), HandleSignalError> {
+        let description = matches!(signal, Signal::Description { .. });
+        let r = self.neg.handle_signal(now, signal, &mut self.engine);
+        if description {
+            self.descriptions_received += 1;
+            self.scan_stopped_tracks();
+        }
+        r
+    }
+
+    /// Reports tracks whose m-line a description just stopped. str0m's
+    /// `MediaChanged` is not raised in every case (a stop applied while a local offer
+    /// was rolled back), so the m-lines are checked after every description.
+    fn scan_stopped_tracks(&mut self) {
+        for (track, t) in &mut self.tracks {
+            // Our own removals are reported when negotiated (`track_stops`).
+            if t.closed || self.track_stops.values().any(|s| s == track) {
+                continue;
+            }
+            let Some(mid) = t.mid else { continue };
+            if self.engine.rtc().media(mid).is_some_and(|m| m.disabled()) {
+                debug!(?track, "track stopped");
+                t.closed = true;
+                self.out
+                    .push_back(Output::Event(Event::TrackClosed(*track)));
+            }
+        }
     }
 
     /// Handles one datagram received on the local address `destination` (it must
@@ -527,7 +891,7 @@ impl Connection {
             }
             while let Some(s) = self.neg.poll_signal(now, &mut self.engine) {
                 progressed = true;
-                self.out.push_back(Output::Signal(s));
+                self.send_signal(s);
             }
             while let Some(e) = self.neg.poll_event() {
                 progressed = true;
@@ -539,7 +903,159 @@ impl Connection {
         }
     }
 
+    /// The `glare-signal` channel signals go out on: the open one with the lowest
+    /// SCTP stream id (PROTOCOL.md §4).
+    fn in_band(&self) -> Option<ChannelId> {
+        self.signal_channels
+            .iter()
+            .filter_map(|h| self.channels.get(h))
+            .filter(|s| s.open)
+            .filter_map(|s| Some((s.stream?, s.id?)))
+            .min_by_key(|(stream, _)| *stream)
+            .map(|(_, id)| id)
+    }
+
+    /// Sends a signal in-band once a `glare-signal` channel is open, else through the
+    /// caller ([`Output::Signal`]). A `bye` goes both ways (str0m closes right after).
+    fn send_signal(&mut self, s: Signal) {
+        let bye = matches!(s, Signal::Bye(_));
+        let kind = match &s {
+            Signal::Description { description, .. } => Some(description.kind),
+            _ => None,
+        };
+        if kind == Some(glare_proto::signal::SdpKind::Answer) {
+            self.answers_sent += 1;
+        }
+        // While the failure policy repairs a lost transport, the in-band channel
+        // cannot carry the ICE restart that would bring it back: use the broker then.
+        let in_band = self
+            .in_band()
+            .filter(|_| !self.is_repairing())
+            .filter(|_| kind.is_none() || self.tail_arrived());
+        if let Some(id) = in_band {
+            let text = s.encode();
+            let sent = self
+                .engine
+                .mutate(|rtc| rtc.channel(id).map(|mut c| c.write(false, text.as_bytes())));
+            match sent {
+                Some(Ok(true)) => {
+                    trace!(len = text.len(), "signal sent in-band");
+                    self.stats.signals_sent_in_band += 1;
+                    if !bye {
+                        return;
+                    }
+                }
+                other => debug!(
+                    ?other,
+                    "in-band signal not written; sending it through the caller"
+                ),
+            }
+        }
+        if let Some(kind) = kind {
+            self.broker_tail = Some(match kind {
+                glare_proto::signal::SdpKind::Offer => BrokerTail::Offer {
+                    answers_applied: self.neg.stats().answers_applied,
+                },
+                glare_proto::signal::SdpKind::Answer => BrokerTail::Answer {
+                    received_before: self.descriptions_received,
+                    first_answer: self.answers_sent == 1,
+                },
+            });
+        }
+        self.out.push_back(Output::Signal(s));
+    }
+
+    /// Whether the last description sent through the broker is known to have arrived
+    /// (so one sent in-band cannot overtake it).
+    fn tail_arrived(&mut self) -> bool {
+        let arrived = self.tail_known_arrived();
+        if arrived {
+            self.broker_tail = None;
+        }
+        arrived
+    }
+
+    /// An ICE restart is queued while the transport is disconnected (the failure
+    /// policy's), or one was and the transport has not come back.
+    fn is_repairing(&self) -> bool {
+        self.repairing
+            || (!self.neg.is_connected()
+                && self.neg.stats().answers_applied + self.neg.stats().answers_sent > 0
+                && self
+                    .neg
+                    .queued()
+                    .iter()
+                    .any(|q| q.change == Change::IceRestart))
+    }
+
+    fn tail_known_arrived(&self) -> bool {
+        match self.broker_tail {
+            None => true,
+            Some(BrokerTail::Offer { answers_applied }) => {
+                self.neg.stats().answers_applied > answers_applied
+            }
+            Some(BrokerTail::Answer {
+                received_before,
+                first_answer,
+            }) => {
+                self.descriptions_received > received_before
+                    || (first_answer
+                        && self.stats.connected_at.is_some()
+                        && self.neg.stats().answers_applied == 0)
+            }
+        }
+    }
+
+    fn on_in_band(&mut self, now: Instant, binary: bool, data: &[u8]) {
+        if binary {
+            debug!(len = data.len(), "binary message on glare-signal dropped");
+            return;
+        }
+        match Signal::decode(data) {
+            Ok(s) => {
+                self.stats.signals_received_in_band += 1;
+                if let Err(e) = self.on_signal(now, s) {
+                    debug!(error = %e, "in-band signal refused");
+                }
+            }
+            Err(e) => debug!(error = %e, "in-band message is not a signal; dropped"),
+        }
+    }
+
     fn on_negotiation(&mut self, e: glare_negotiate::Event) {
+        match e {
+            glare_negotiate::Event::IceRestartQueued { .. } => self.repairing = true,
+            glare_negotiate::Event::Connected => self.repairing = false,
+            _ => {}
+        }
+        if let glare_negotiate::Event::ChangesNegotiated { ids } = &e {
+            for id in ids {
+                if let Some(&track) = self.track_by_change.get(id) {
+                    let mid = self.engine.mid(*id);
+                    if let (Some(t), Some(mid)) = (self.tracks.get_mut(&track), mid) {
+                        t.mid = Some(mid);
+                        self.track_by_mid.insert(mid, track);
+                        self.out.push_back(Output::Event(Event::TrackOpen {
+                            track,
+                            kind: t.kind,
+                            remote: false,
+                        }));
+                        if t.remove_when_open
+                            && let Err(e) = self.stop_track(track, *id)
+                        {
+                            debug!(error = %e, ?track, "deferred track removal failed");
+                        }
+                    }
+                }
+                if let Some(track) = self.track_stops.remove(id)
+                    && let Some(t) = self.tracks.get_mut(&track)
+                    && !t.closed
+                {
+                    t.closed = true;
+                    self.out.push_back(Output::Event(Event::TrackClosed(track)));
+                }
+            }
+        }
         if matches!(
             e,
             glare_negotiate::Event::Closed { .. } | glare_negotiate::Event::Failed(_)
@@ -581,6 +1097,7 @@ impl Connection {
             str0m::Event::Connected => {
                 debug!("ICE and DTLS connected");
                 self.dtls_connected = true;
+                self.stats.connected_at.get_or_insert(now);
                 self.neg.handle_transport(now, TransportState::Connected);
             }
             str0m::Event::IceConnectionStateChange(s) => {
@@ -603,46 +1120,63 @@ impl Connection {
                     None => {
                         let h = ChannelHandle(self.next_handle);
                         self.next_handle += 1;
+                        let signal = label == SIGNAL_LABEL;
+                        if signal {
+                            self.signal_channels.push(h);
+                        }
                         self.channels.insert(
                             h,
                             ChannelState {
                                 label: label.clone(),
                                 id: None,
                                 open: false,
-                                hidden: label == SIGNAL_LABEL,
+                                hidden: signal,
+                                stream: None,
+                                stats: ChannelStats::default(),
                             },
                         );
                         h
                     }
                 };
                 self.by_id.insert(id, handle);
-                if let Some(s) = self.channels.get_mut(&handle) {
-                    s.id = Some(id);
-                    s.open = true;
-                }
                 let low = self.config.buffered_amount_low_threshold;
-                self.engine.mutate(|rtc| {
+                let stream = self.engine.mutate(|rtc| {
                     if let Some(mut c) = rtc.channel(id) {
                         c.set_buffered_amount_low_threshold(low);
                     }
+                    rtc.direct_api().sctp_stream_id_by_channel_id(id)
                 });
+                if let Some(s) = self.channels.get_mut(&handle) {
+                    s.id = Some(id);
+                    s.open = true;
+                    s.stream = stream;
+                }
                 debug!(?handle, label, "channel open");
                 if self.visible(handle) {
                     self.out
                         .push_back(Output::Event(Event::ChannelOpen(handle, label)));
                 }
             }
-            str0m::Event::ChannelData(d) => match self.handle_of(d.id) {
-                Some(h) if self.visible(h) => {
+            str0m::Event::ChannelData(d) => {
+                let Some(h) = self.handle_of(d.id) else {
+                    debug!(channel = ?d.id, "data on an unknown channel dropped");
+                    return;
+                };
+                let Some(s) = self.channels.get_mut(&h) else {
+                    return;
+                };
+                let n = d.data.len() as u64;
+                s.stats.bytes_received += n;
+                s.stats.messages_received += 1;
+                if s.hidden {
+                    self.on_in_band(now, d.binary, &d.data);
+                } else {
+                    self.stats.channels.bytes_received += n;
+                    self.stats.channels.messages_received += 1;
                     self.out
                         .push_back(Output::Event(Event::ChannelData(h, d.binary, d.data)));
                 }
-                Some(_) => trace!(
-                    len = d.data.len(),
-                    "in-band signal ignored (not implemented)"
-                ),
-                None => debug!(channel = ?d.id, "data on an unknown channel dropped"),
-            },
+            }
             str0m::Event::ChannelClose(id) => {
                 if let Some(h) = self.by_id.remove(&id) {
                     let shown = self.visible(h);
@@ -664,6 +1198,72 @@ impl Connection {
                 debug!("peer closed DTLS/SCTP");
                 self.out.push_back(Output::Event(Event::TransportClosed));
             }
+            str0m::Event::MediaAdded(m) => {
+                if self.track_by_mid.contains_key(&m.mid) {
+                    return;
+                }
+                let track = TrackHandle(self.next_track);
+                self.next_track += 1;
+                let kind = match m.kind {
+                    str0m::media::MediaKind::Audio => MediaKind::Audio,
+                    str0m::media::MediaKind::Video => MediaKind::Video,
+                };
+                debug!(?track, mid = %m.mid, ?kind, "remote track added");
+                self.tracks.insert(
+                    track,
+                    TrackState {
+                        kind,
+                        change: None,
+                        remove_when_open: false,
+                        mid: Some(m.mid),
+                        closed: false,
+                    },
+                );
+                self.track_by_mid.insert(m.mid, track);
+                self.out.push_back(Output::Event(Event::TrackOpen {
+                    track,
+                    kind,
+                    remote: true,
+                }));
+                // str0m announces remote m-lines once connected: one may have been
+                // stopped by then.
+                self.scan_stopped_tracks();
+            }
+            str0m::Event::MediaChanged(m) => {
+                trace!(mid = %m.mid, direction = ?m.direction, "media changed");
+                self.scan_stopped_tracks();
+            }
+            str0m::Event::MediaData(m) => {
+                let Some(&track) = self.track_by_mid.get(&m.mid) else {
+                    trace!(mid = %m.mid, "media on an unknown m-line dropped");
+                    return;
+                };
+                self.stats.frames_received += 1;
+                self.out.push_back(Output::Event(Event::TrackFrame {
+                    track,
+                    rtp_time: m.time.numer(),
+                    clock_rate: m.time.frequency().get(),
+                    data: m.data,
+                }));
+            }
+            str0m::Event::PeerStats(p) => {
+                self.stats.wire_bytes_sent = p.peer_bytes_tx;
+                self.stats.wire_bytes_received = p.peer_bytes_rx;
+                if let Some(pair) = p.selected_candidate_pair {
+                    self.stats.rtt = pair.current_round_trip_time.or(self.stats.rtt);
+                    let local_kind = self
+                        .local_candidates
+                        .iter()
+                        .find(|(a, _)| *a == pair.local.addr)
+                        .map(|(_, k)| *k);
+                    self.stats.selected_pair = Some(CandidatePair {
+                        local: pair.local.addr,
+                        remote: pair.remote.addr,
+                        local_kind,
+                        remote_kind: self.engine.remote_kind(pair.remote.addr),
+                    });
+                }
+            }
             other => trace!(event = ?other, "str0m event"),
         }
     }
@@ -683,6 +1283,43 @@ impl Connection {
     /// A channel's label, if the handle is known.
     pub fn channel_label(&self, handle: ChannelHandle) -> Option<&str> {
         self.channels.get(&handle).map(|s| s.label.as_str())
+    }
+
+    /// Counters and transport state; cheap (a copy of what is kept anyway).
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats;
+        s.mdns_candidates_skipped = self.engine.mdns_skipped();
+        s
+    }
+
+    /// The SCTP stream id of the `glare-signal` channel signals go out on, once one is
+    /// open (from then on no [`Output::Signal`] is produced but for `bye`).
+    pub fn signal_stream_id(&self) -> Option<u16> {
+        let id = self.in_band()?;
+        self.by_id
+            .get(&id)
+            .and_then(|h| self.channels.get(h))
+            .and_then(|s| s.stream)
+    }
+
+    /// Whether this side may still send signals through the caller (the broker).
+    /// `false` once a `glare-signal` channel is open and every description sent
+    /// through the caller is known to have reached the peer: from then on every
+    /// signal but `bye` goes in-band, and the broker channel may be closed
+    /// (PROTOCOL.md §4 step 6). A side whose last description through the broker was
+    /// an answer knows it arrived only when the peer's next description comes (or,
+    /// for the first answer, when the transport connects), so it can stay `true`
+    /// after renegotiations made before the in-band channel opened. Once the failure
+    /// policy queues an ICE restart for a lost transport, signals go through the
+    /// broker again until it reconnects (the restart cannot travel over the link it
+    /// repairs).
+    pub fn needs_broker(&self) -> bool {
+        self.in_band().is_none() || self.is_repairing() || !self.tail_known_arrived()
+    }
+
+    /// A data channel's counters (glare-signal's too, by its handle).
+    pub fn channel_stats(&self, handle: ChannelHandle) -> Option<ChannelStats> {
+        self.channels.get(&handle).map(|s| s.stats)
     }
 
     /// Whether a channel is open for writing.

@@ -10,7 +10,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId};
 use str0m::media::Mid;
 use str0m::net::Transmit;
-use str0m::{Candidate, Output, Rtc};
+use str0m::{Candidate, CandidateKind, Output, Rtc};
 use tracing::{debug, trace, warn};
 
 /// Why [`StrEngine`] refused a call.
@@ -68,12 +68,14 @@ struct Created<T> {
 /// and the map follows, so the application's handle (the `ChangeId`) never changes.
 ///
 /// **Changes str0m needs no SDP for.** A data channel added once the session has an
-/// `m=application` line is opened by str0m directly (DCEP), and a direction change or
-/// a stop already applied by an offer that was rolled back is not made again. When an
-/// offer carries nothing else, `apply()` gives no offer, yet the negotiator needs one:
-/// the engine then offers an ICE restart that keeps the local candidates (the only
-/// change str0m always negotiates). This happens to the polite side after glare on the
-/// first exchange; it costs a few round trips of ICE checks.
+/// `m=application` line is opened by str0m directly (DCEP). When every queued change is
+/// such a channel (the polite side after glare on the first exchange re-offering its
+/// rolled-back channels), `create_offer` gives `Ok(None)` and the negotiator marks the
+/// changes negotiated with no offer. A direction change or a stop already applied to
+/// str0m's session by an offer that was rolled back is not seen as new by str0m; then
+/// the engine offers an ICE restart that keeps the local candidates (the offer carries
+/// the whole session, the direction included) — counted by
+/// [`StrEngine::filler_offers`].
 ///
 /// **Drain rule.** Every call that mutates the `Rtc` is followed by a full drain of
 /// `poll_output` into an internal queue, so str0m's single-mutation rule holds even
@@ -90,6 +92,12 @@ pub struct StrEngine {
     timeout: Option<Instant>,
     error: Option<String>,
     filler_offers: u64,
+    applied_direct: u64,
+    mdns_skipped: u64,
+    /// A remote description was applied once (an ICE restart means something).
+    negotiated_once: bool,
+    /// Remote candidates added (address, type), for the selected pair's types.
+    remote_candidates: Vec<(std::net::SocketAddr, CandidateKind)>,
 }
 
 impl fmt::Debug for StrEngine {
@@ -119,6 +127,10 @@ impl StrEngine {
             timeout: None,
             error: None,
             filler_offers: 0,
+            applied_direct: 0,
+            mdns_skipped: 0,
+            negotiated_once: false,
+            remote_candidates: Vec::new(),
         };
         engine.drain();
         engine
@@ -153,10 +165,29 @@ impl StrEngine {
         self.has_app
     }
 
-    /// Offers that carried only an ICE restart because str0m applied every change
-    /// without SDP (see the type docs).
+    /// Offers that carried only an ICE restart because str0m saw nothing new in a
+    /// direction change or stop (see the type docs).
     pub fn filler_offers(&self) -> u64 {
         self.filler_offers
+    }
+
+    /// `create_offer` calls that applied every change without SDP (data channels on
+    /// an existing SCTP association) and so gave no offer.
+    pub fn applied_without_offer(&self) -> u64 {
+        self.applied_direct
+    }
+
+    /// Remote mDNS (`.local`) candidates skipped.
+    pub fn mdns_skipped(&self) -> u64 {
+        self.mdns_skipped
+    }
+
+    /// The type of the remote candidate at `addr` (peer-reflexive if never signalled).
+    pub fn remote_kind(&self, addr: std::net::SocketAddr) -> CandidateKind {
+        self.remote_candidates
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map_or(CandidateKind::PeerReflexive, |(_, k)| *k)
     }
 
     /// The wrapped `Rtc`, read-only.
@@ -209,7 +240,7 @@ impl StrEngine {
         }
     }
 
-    fn offer_inner(&mut self, changes: &[QueuedChange]) -> Result<String, EngineError> {
+    fn offer_inner(&mut self, changes: &[QueuedChange]) -> Result<Option<String>, EngineError> {
         let mut carried = Vec::new();
         let mut api = self.rtc.sdp_api();
         for q in changes {
@@ -265,7 +296,11 @@ impl StrEngine {
                     }
                 }
                 Change::IceRestart => {
-                    api.ice_restart(true);
+                    // Before the first exchange the ICE state is fresh anyway, and
+                    // str0m does not connect after a restart in its first offer.
+                    if self.negotiated_once {
+                        api.ice_restart(true);
+                    }
                 }
             }
         }
@@ -273,24 +308,50 @@ impl StrEngine {
         let (offer, pending) = match applied {
             Some(v) => v,
             None => {
-                // Everything was applied without SDP (channels on an existing SCTP
-                // association, or directions already set): confirm, then offer an
-                // ICE restart so the negotiator still gets its offer.
+                // Everything was applied without SDP. Channels on an existing SCTP
+                // association are opened in-band (DCEP): the peer learns of them with
+                // no description, so they are negotiated now.
                 for id in &carried {
                     if let Some(c) = self.channels.get_mut(id) {
                         c.confirmed = true;
                     }
                 }
-                carried.clear();
+                if changes
+                    .iter()
+                    .all(|q| matches!(q.change, Change::OpenChannel { .. }))
+                {
+                    self.applied_direct += 1;
+                    debug!("changes applied without an offer");
+                    return Ok(None);
+                }
+                // A direction change or stop already applied to str0m's session by an
+                // offer that was rolled back: str0m sees nothing new, yet the peer
+                // has not seen it. Offer an ICE restart that keeps the candidates;
+                // the offer carries the whole session, the direction included.
                 self.filler_offers += 1;
-                debug!("no SDP needed for the changes; offering an ICE restart instead");
+                debug!("direction already set by a rolled-back offer; offering an ICE restart");
                 let mut api = self.rtc.sdp_api();
                 api.ice_restart(true);
                 api.apply().ok_or(EngineError::NoOffer)?
             }
         };
         self.pending = Some((pending, carried));
-        Ok(offer.to_sdp_string())
+        Ok(Some(offer.to_sdp_string()))
+    }
+
+    /// Remembers the types of the candidates a remote description carries.
+    fn record_candidates(&mut self, sdp: &str) {
+        for line in sdp.lines().filter_map(|l| l.strip_prefix("a=")) {
+            if self.remote_candidates.len() >= 64 {
+                return;
+            }
+            if line.starts_with("candidate:")
+                && let Ok(c) = Candidate::from_sdp_string(line)
+                && !self.remote_candidates.iter().any(|(a, _)| *a == c.addr())
+            {
+                self.remote_candidates.push((c.addr(), c.kind()));
+            }
+        }
     }
 
     fn confirm(&mut self, ids: &[ChangeId]) {
@@ -330,7 +391,7 @@ fn dir_of(dir: Direction) -> str0m::media::Direction {
 impl SdpEngine for StrEngine {
     type Error = EngineError;
 
-    fn create_offer(&mut self, changes: &[QueuedChange]) -> Result<String, EngineError> {
+    fn create_offer(&mut self, changes: &[QueuedChange]) -> Result<Option<String>, EngineError> {
         let r = self.offer_inner(changes);
         self.drain();
         r
@@ -344,6 +405,8 @@ impl SdpEngine for StrEngine {
         let r = self.rtc.sdp_api().accept_offer(parsed);
         self.drain();
         let answer = r.map_err(|e| EngineError::Rejected(e.to_string()))?;
+        self.record_candidates(offer);
+        self.negotiated_once = true;
         if has_application_line(offer) {
             self.has_app = true;
         }
@@ -357,6 +420,8 @@ impl SdpEngine for StrEngine {
         let r = self.rtc.sdp_api().accept_answer(pending, parsed);
         self.drain();
         r.map_err(|e| EngineError::Rejected(e.to_string()))?;
+        self.record_candidates(answer);
+        self.negotiated_once = true;
         self.confirm(&ids);
         if has_application_line(answer) {
             self.has_app = true;
@@ -385,12 +450,16 @@ impl SdpEngine for StrEngine {
         {
             debug!(
                 candidate = line,
-                "mDNS candidate skipped (str0m cannot resolve it)"
+                "mDNS candidate skipped (peer-reflexive discovery covers it)"
             );
+            self.mdns_skipped += 1;
             return Ok(());
         }
         let c = Candidate::from_sdp_string(line)
             .map_err(|e| EngineError::ParseCandidate(e.to_string()))?;
+        if self.remote_candidates.len() < 64 {
+            self.remote_candidates.push((c.addr(), c.kind()));
+        }
         self.mutate(|rtc| rtc.add_remote_candidate(c));
         Ok(())
     }

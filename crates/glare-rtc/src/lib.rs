@@ -7,23 +7,46 @@
 //! - [`StrEngine`]: [`glare_negotiate::SdpEngine`] for `str0m::Rtc`. The negotiator's
 //!   queued changes are applied to str0m only when an offer is made, and glare's
 //!   stable ids are mapped to str0m's channel ids and mids, so nothing str0m cannot
-//!   undo is done ahead of an offer and handles survive rollbacks.
+//!   undo is done ahead of an offer and handles survive rollbacks. Changes str0m
+//!   applies with no SDP (a data channel on an existing SCTP association) are
+//!   negotiated with no offer (`create_offer` gives `None`).
 //! - [`Connection`]: obeys str0m's rule (drain `poll_output` to `Timeout` after every
 //!   mutation) inside, so callers cannot break it; maps ICE/DTLS state to the
-//!   negotiator's transport events; trickles local candidates (PROTOCOL.md §2) with
-//!   the current ufrag; data channels with stable [`ChannelHandle`]s, back-pressure
-//!   (`write` → `Ok(false)`) and a buffered-amount low-water event; a 1 MiB SCTP send
-//!   buffer by default (str0m's is 128 KiB).
+//!   negotiator's transport events; trickles local candidates (PROTOCOL.md §2:
+//!   `sdpMid`, `sdpMLineIndex`, `usernameFragment`); skips remote mDNS `.local`
+//!   candidates (peer-reflexive discovery finds such peers; counted in [`Stats`]).
+//! - **Data channels** with stable [`ChannelHandle`]s, reliable/unreliable and
+//!   ordered/unordered ([`ChannelOptions`]), back-pressure (`write` → `Ok(false)`) and
+//!   a buffered-amount low-water event; a 256 KiB SCTP send buffer by default (str0m's
+//!   is 128 KiB).
+//! - **In-band signaling** (PROTOCOL.md §4): the side that dials opens `glare-signal`
+//!   (protocol `glare/1`) with its first offer. Once a `glare-signal` channel is open
+//!   and the transport is connected, every later signal goes over it as one JSON
+//!   text message instead of [`Output::Signal`] (a `bye` goes both ways), and text
+//!   arriving on it is handled inside. Signals are accepted from both paths. With
+//!   two such channels (both sides dialled), signals go out on the lowest SCTP
+//!   stream id. The application never sees the channel. To keep each direction in
+//!   order, a side switches only once its last description sent through the broker
+//!   is known to have arrived; [`Connection::needs_broker`] says when the broker
+//!   channel may be closed.
+//! - **Media**: audio/video tracks through the change queue
+//!   ([`Connection::add_track`], [`Connection::remove_track`]) with stable
+//!   [`TrackHandle`]s, frames written with [`Connection::write_frame`] (Opus for audio,
+//!   VP8 for video when negotiated) and received as [`Event::TrackFrame`] (the data
+//!   shared with str0m, no copy).
+//! - **Stats** ([`Connection::stats`], [`Connection::channel_stats`]): bytes and
+//!   messages per connection and channel, frames, in-band signals, time of connect,
+//!   wire bytes, RTT and the selected candidate pair (from str0m's peer stats, every
+//!   [`Config::stats_interval`]).
 //!
 //! # What it does not do
 //!
 //! No sockets, no clocks, no threads, no tokio: `glare-udp` moves the datagrams and
 //! the facade joins the layers. No candidate gathering (the caller adds local
 //! candidates), no TURN framing, no mDNS resolution (remote `.local` candidates are
-//! skipped). Not yet: in-band signaling over `glare-signal` (PROTOCOL.md §4: the
-//! channel is opened with the first offer and hidden from the application, but
-//! signals still go through the caller), media tracks beyond negotiating them
-//! ([`Connection::request`]), stats.
+//! skipped). No codecs: frames are written and received encoded. After the broker is
+//! gone, a transport outage cannot be repaired (the ICE restart needs a signaling
+//! path: while disconnected, signals go through the caller again).
 //!
 //! ```text
 //!   peer's signals ─ handle_signal ──▶ ┌────────────────────────────┐ ── Output::Signal ──▶ to the peer
@@ -41,6 +64,8 @@
 //!   [`Connection::poll_output`] until it returns [`Output::Timeout`], acting on each
 //!   output in order: send transmits, send signals (in order: PROTOCOL.md §2), hand
 //!   events to the application, then arm the timer.
+//! - Forward every [`Output::Signal`] to the peer through the broker for as long as
+//!   they come: once the in-band channel carries them, none (but `bye`) come out.
 //! - `Transmit.source` is the local candidate address to send from; a datagram's
 //!   `destination` given to [`Connection::handle_datagram`] must equal a local
 //!   candidate address exactly.
@@ -120,9 +145,12 @@ mod connection;
 mod engine;
 
 pub use connection::{
-    CandidateError, ChannelHandle, ChannelOptions, Config, Connection, Event, OpenError, Output,
-    Reliability, SIGNAL_LABEL, SIGNAL_PROTOCOL, WriteError,
+    CandidateError, CandidatePair, ChannelHandle, ChannelOptions, ChannelStats, Config, Connection,
+    Event, MediaError, OpenError, Output, Reliability, SIGNAL_LABEL, SIGNAL_PROTOCOL, Stats,
+    TrackHandle, WriteError,
 };
 pub use engine::{EngineError, StrEngine};
-pub use glare_negotiate::{Change, ChangeId, DialError, HandleSignalError, RequestError};
+pub use glare_negotiate::{
+    Change, ChangeId, DialError, Direction, HandleSignalError, MediaKind, RequestError,
+};
 pub use str0m;

@@ -363,7 +363,7 @@ impl ModelEngine {
 impl SdpEngine for ModelEngine {
     type Error = ModelError;
 
-    fn create_offer(&mut self, changes: &[QueuedChange]) -> Result<String, ModelError> {
+    fn create_offer(&mut self, changes: &[QueuedChange]) -> Result<Option<String>, ModelError> {
         if self.pending.is_some() {
             return Err(self.violation("create_offer with an offer pending".into()));
         }
@@ -413,7 +413,7 @@ impl SdpEngine for ModelEngine {
             carried,
             ufrag,
         });
-        Ok(sdp)
+        Ok(Some(sdp))
     }
 
     fn accept_offer(&mut self, offer: &str) -> Result<String, ModelError> {
