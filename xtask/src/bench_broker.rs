@@ -6,6 +6,8 @@
 //! starts and kills both servers itself, on 127.0.0.1 only), prints its markdown
 //! report and writes it, with the machine, the date and the command, into the
 //! `## Broker` section of `BENCHMARKS.md` (other sections are kept as they are).
+//! The `cluster` part runs `glare-broker-node` processes on one `redis-server` (Debian's
+//! `redis-server` package must be installed) against one in-memory node.
 //! `--smoke` is a few hundred messages per case: a check that the bench and both
 //! servers work, not a measurement; it does not touch `BENCHMARKS.md`. Arguments after
 //! `--` go to `broker_load` (e.g. `-- --secs 5 --pairs 1,100`).
@@ -54,17 +56,24 @@ pub(crate) fn run() -> Result<()> {
             "glare-benches",
             "--bin",
             "broker_load",
+            "-p",
+            "glare-broker",
+            "--bin",
+            "glare-broker-node",
         ]),
     )?;
     let target = target_dir(&root);
     let glare = target.join("release").join("glare");
     let load = target.join("release").join("broker_load");
+    let node = target.join("release").join("glare-broker-node");
     let peer_dir = root.join(".cache").join("bench").join("peer");
     ensure_peer_server(&peer_dir)?;
 
     let mut cmd = Command::new(&load);
     cmd.arg("--glare")
         .arg(&glare)
+        .arg("--node")
+        .arg(&node)
         .arg("--peer-dir")
         .arg(&peer_dir)
         .args(&extra)
@@ -170,8 +179,18 @@ fn machine() -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
+    let redis = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("v=").map(str::to_owned))
+        })
+        .unwrap_or_else(|| "not found".to_owned());
     format!(
-        "Machine: {nproc} cores ({cpu}); load average after the run {load}. Date: {date}. PeerServer: npm `peer` on node {node}."
+        "Machine: {nproc} cores ({cpu}); load average after the run {load}. Date: {date}. PeerServer: npm `peer` on node {node}. Redis: redis-server {redis}."
     )
 }
 

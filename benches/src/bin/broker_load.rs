@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! broker_load --glare PATH --peer-dir DIR [--smoke] [--secs S] [--idle N] [--opens N]
-//!             [--inflight N] [--pairs 1,10,100] [--parts relay,idle,opens]
+//!             [--inflight N] [--pairs 1,10,100] [--parts relay,idle,opens,cluster]
+//!             [--node PATH] [--baseline-node PATH] [--redis-server PATH]
+//!             [--cluster-nodes 1,2,3]
 //! ```
 //!
 //! It starts each server as a child process on 127.0.0.1 (port 0), drives it, reads
@@ -20,6 +22,12 @@
 //!   WebSocket with one session each, `PeerServer` peers on a WebSocket.
 //! - **Opens**: new connections that reach the first server frame, per second, 32 at a
 //!   time (a glare channel over WebSocket and over SSE; a `PeerServer` peer).
+//!
+//! - **Cluster** (with `--node`, the `glare-broker-node` binary): the WebSocket relay on
+//!   one in-memory node and on 1, 2 and 3 nodes sharing one `redis-server` (each pair's
+//!   two peers on different nodes when there are several, so every message crosses
+//!   nodes), same load, same run; CPU is the nodes' plus Redis's. Idle channels on one
+//!   node with Redis: node RSS + Redis RSS growth per channel.
 //!
 //! `--smoke` runs a few hundred messages per case and checks that every one arrives.
 
@@ -68,8 +76,15 @@ struct Args {
     opens: usize,
     inflight: usize,
     pairs: Vec<usize>,
-    /// Which measurements: `relay`, `idle`, `opens`.
+    /// Which measurements: `relay`, `idle`, `opens`, `cluster`.
     parts: Vec<String>,
+    /// `glare-broker-node` (the `cluster` part: nodes on Redis vs one in-memory node).
+    node: Option<PathBuf>,
+    /// Another `glare-broker-node` build measured as an extra in-memory row (before/after).
+    baseline_node: Option<PathBuf>,
+    redis_server: PathBuf,
+    /// Node counts on Redis for the `cluster` part.
+    cluster_nodes: Vec<usize>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -82,7 +97,16 @@ fn parse_args() -> Result<Args> {
         opens: 5_000,
         inflight: 256,
         pairs: vec![1, 10, 100],
-        parts: vec!["relay".into(), "idle".into(), "opens".into()],
+        parts: vec![
+            "relay".into(),
+            "idle".into(),
+            "opens".into(),
+            "cluster".into(),
+        ],
+        node: None,
+        baseline_node: None,
+        redis_server: "redis-server".into(),
+        cluster_nodes: vec![1, 2, 3],
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -96,6 +120,15 @@ fn parse_args() -> Result<Args> {
             "--opens" => args.opens = val()?.parse()?,
             "--inflight" => args.inflight = val()?.parse()?,
             "--parts" => args.parts = val()?.split(',').map(str::to_owned).collect(),
+            "--node" => args.node = Some(val()?.into()),
+            "--baseline-node" => args.baseline_node = Some(val()?.into()),
+            "--redis-server" => args.redis_server = val()?.into(),
+            "--cluster-nodes" => {
+                args.cluster_nodes = val()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+            }
             "--pairs" => {
                 args.pairs = val()?
                     .split(',')
@@ -107,7 +140,7 @@ fn parse_args() -> Result<Args> {
     }
     if args.glare.as_os_str().is_empty() || args.peer_dir.as_os_str().is_empty() {
         bail!(
-            "usage: broker_load --glare PATH --peer-dir DIR [--smoke] [--secs S] [--idle N] [--opens N] [--inflight N] [--pairs 1,10,100] [--parts relay,idle,opens]"
+            "usage: broker_load --glare PATH --peer-dir DIR [--node PATH] [--baseline-node PATH] [--redis-server PATH] [--cluster-nodes 1,2,3] [--smoke] [--secs S] [--idle N] [--opens N] [--inflight N] [--pairs 1,10,100] [--parts relay,idle,opens,cluster]"
         );
     }
     if args.smoke {
@@ -222,6 +255,135 @@ impl Server {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
     }
+
+    /// A `glare-broker-node`, on Redis if `redis` is given.
+    async fn start_node(bin: &Path, redis: Option<&RedisProc>) -> Result<Self> {
+        let mut c = Command::new(bin);
+        c.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--rate",
+            "1000000000",
+            "--burst",
+            "1000000000",
+        ]);
+        if let Some(r) = redis {
+            c.args(["--redis", &format!("redis://127.0.0.1:{}/", r.port)]);
+        }
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = c
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id().context("node pid")?;
+        let stdout = child.stdout.take().context("node stdout")?;
+        let mut line = String::new();
+        tokio::time::timeout(STEP_TIMEOUT, BufReader::new(stdout).read_line(&mut line))
+            .await
+            .map_err(|_| anyhow!("node printed no address within 10 s"))??;
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .with_context(|| format!("node's first line {line:?} has no port"))?;
+        let server = Self { child, pid, port };
+        // Ready once its Redis subscription is live (`/healthz` 200).
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let ok = match http_conn(port).await {
+                Ok(mut h) => {
+                    let req = request("GET", "/healthz", String::new())?;
+                    matches!(h.send_request(req).await, Ok(r) if r.status() == 200)
+                }
+                Err(_) => false,
+            };
+            if ok {
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                bail!("node on port {port} not ready within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A `redis-server` child on a free port with a temp dir, no persistence; killed (by
+/// pid) when dropped.
+struct RedisProc {
+    child: Child,
+    pid: u32,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisProc {
+    async fn start(bin: &Path) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("glare-bench-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut child = Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&dir)
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (the cluster part needs Redis: apt-get install redis-server)",
+                    bin.display()
+                )
+            })?;
+        let pid = child.id().context("redis pid")?;
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if let Ok(Some(st)) = child.try_wait() {
+                bail!("redis-server exited at start: {st}");
+            }
+            if Instant::now() > deadline {
+                bail!("redis-server not listening within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(Self {
+            child,
+            pid,
+            port,
+            dir,
+        })
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The processes a relay drives: peers connect to `ports` in turn; CPU is summed over
+/// `pids`.
+struct Target {
+    ports: Vec<u16>,
+    pids: Vec<u32>,
+}
+
+impl From<&Server> for Target {
+    fn from(s: &Server) -> Self {
+        Self {
+            ports: vec![s.port],
+            pids: vec![s.pid],
+        }
+    }
 }
 
 fn write_peer_script(dir: &Path) -> Result<()> {
@@ -281,17 +443,21 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// CPU use of the server and of this generator over a stretch of wall time.
 struct CpuMeter {
-    pid: u32,
+    pids: Vec<u32>,
     server: u64,
     me: u64,
     at: Instant,
 }
 
+fn ticks_of(pids: &[u32]) -> u64 {
+    pids.iter().map(|&p| cpu_ticks(Some(p))).sum()
+}
+
 impl CpuMeter {
-    fn start(pid: u32) -> Self {
+    fn start(pids: &[u32]) -> Self {
         Self {
-            pid,
-            server: cpu_ticks(Some(pid)),
+            pids: pids.to_vec(),
+            server: ticks_of(pids),
             me: cpu_ticks(None),
             at: Instant::now(),
         }
@@ -302,7 +468,7 @@ impl CpuMeter {
         let wall = self.at.elapsed().as_secs_f64().max(1e-3);
         let pct = |t: u64| t as f64 / TICKS_PER_SEC / wall * 100.0;
         (
-            pct(cpu_ticks(Some(self.pid)).saturating_sub(self.server)),
+            pct(ticks_of(&self.pids).saturating_sub(self.server)),
             pct(cpu_ticks(None).saturating_sub(self.me)),
         )
     }
@@ -727,8 +893,8 @@ fn percentile(sorted: &[u32], q: f64) -> f64 {
     f64::from(sorted[i.min(sorted.len() - 1)]) / 1000.0
 }
 
-async fn relay(mode: Mode, server: &Server, pairs: usize, args: &Args) -> Result<Relay> {
-    let port = server.port;
+async fn relay(mode: Mode, target: &Target, pairs: usize, args: &Args) -> Result<Relay> {
+    let port_of = |i: usize| target.ports[i % target.ports.len()];
     let flows = pairs * 2;
     let window = (args.inflight / flows).clamp(1, 64);
     let cap = args.smoke.then_some(20u64);
@@ -741,22 +907,22 @@ async fn relay(mode: Mode, server: &Server, pairs: usize, args: &Args) -> Result
         .collect();
     match mode {
         Mode::GlareWs | Mode::Peer => {
-            for _ in 0..flows {
+            for i in 0..flows {
                 ws_peers.push(match mode {
                     Mode::GlareWs => {
-                        let (ws, cid, _) = glare_ws_open(port).await?;
+                        let (ws, cid, _) = glare_ws_open(port_of(i)).await?;
                         (ws, cid)
                     }
                     _ => {
                         let id = peer_id();
-                        (peer_open(port, &id).await?, id)
+                        (peer_open(port_of(i), &id).await?, id)
                     }
                 });
             }
         }
         Mode::GlareSse => {
-            for _ in 0..flows {
-                sse_peers.push(glare_sse_open(port).await?);
+            for i in 0..flows {
+                sse_peers.push(glare_sse_open(port_of(i)).await?);
             }
             let auth: Vec<(String, String)> = sse_peers
                 .iter()
@@ -766,7 +932,7 @@ async fn relay(mode: Mode, server: &Server, pairs: usize, args: &Args) -> Result
                 let partner = i ^ 1;
                 let sent = Arc::new(AtomicU64::new(0));
                 for _ in 0..window {
-                    let http = http_conn(port).await?;
+                    let http = http_conn(port_of(i)).await?;
                     writer_tasks.push((
                         http,
                         format!("/send/{}", auth[partner].0),
@@ -828,7 +994,7 @@ async fn relay(mode: Mode, server: &Server, pairs: usize, args: &Args) -> Result
     tokio::time::sleep_until(clock.epoch).await;
     let meter_at_t0 = {
         tokio::time::sleep_until(clock.t0).await;
-        CpuMeter::start(server.pid)
+        CpuMeter::start(&target.pids)
     };
     let mut writers = Vec::new();
     for (sink, addr, sem) in sinks {
@@ -920,9 +1086,14 @@ impl Idle {
 
 /// Opens `n` idle peers (glare: a WebSocket channel with one session each).
 async fn idle(kind: Kind, server: &Server, n: usize) -> Result<(Idle, Vec<Ws>)> {
-    let port = server.port;
+    idle_on(kind, server.port, &[server.pid], n).await
+}
+
+/// [`idle`] against a port, with the RSS summed over `pids`.
+async fn idle_on(kind: Kind, port: u16, pids: &[u32], n: usize) -> Result<(Idle, Vec<Ws>)> {
+    let rss = || pids.iter().map(|&p| rss_kib(p)).sum::<u64>();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before_kib = rss_kib(server.pid);
+    let before_kib = rss();
     let tasks = 32.min(n.max(1));
     let next = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
@@ -960,7 +1131,7 @@ async fn idle(kind: Kind, server: &Server, n: usize) -> Result<(Idle, Vec<Ws>)> 
         held.extend(h.await??);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after_kib = rss_kib(server.pid);
+    let after_kib = rss();
     // The caller stops the server before it drops these sockets.
     Ok((
         Idle {
@@ -985,7 +1156,7 @@ struct Opens {
 async fn opens(mode: Mode, server: &Server, n: usize) -> Result<Opens> {
     let port = server.port;
     let next = Arc::new(AtomicUsize::new(0));
-    let meter = CpuMeter::start(server.pid);
+    let meter = CpuMeter::start(&[server.pid]);
     let started = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..32.min(n.max(1)) {
@@ -1034,7 +1205,7 @@ async fn run(args: &Args) -> Result<String> {
         for &pairs in &args.pairs {
             for &mode in modes {
                 eprintln!("relay: {} with {pairs} pairs", mode.label());
-                let r = relay(mode, &server, pairs, args).await?;
+                let r = relay(mode, &Target::from(&server), pairs, args).await?;
                 eprintln!(
                     "    {:.0} msg/s, p50 {:.2} ms, p99 {:.2} ms, server CPU {:.0}%, generator CPU {:.0}%",
                     r.rate, r.p50_ms, r.p99_ms, r.server_cpu, r.gen_cpu
@@ -1071,7 +1242,202 @@ async fn run(args: &Args) -> Result<String> {
         eprintln!("    {:.0} opens/s", r.rate);
         open_runs.push(r);
     }
-    Ok(report(args, &relays, &idles, &open_runs))
+    let cluster_runs = match (&args.node, part("cluster")) {
+        (Some(node), true) => Some(cluster(args, node).await?),
+        _ => None,
+    };
+    let mut out = report(args, &relays, &idles, &open_runs);
+    if let Some(c) = cluster_runs {
+        out.push_str(&cluster_report(args, &c));
+    }
+    Ok(out)
+}
+
+/// One relay of the `cluster` part.
+#[derive(Debug)]
+struct ClusterRow {
+    setup: String,
+    nodes: usize,
+    relay: Relay,
+}
+
+/// Idle channels on one node, with Redis's share when there is one.
+#[derive(Debug)]
+struct ClusterIdle {
+    setup: &'static str,
+    idle: Idle,
+    redis_kib: Option<(u64, u64)>,
+}
+
+#[derive(Debug, Default)]
+struct Cluster {
+    rows: Vec<ClusterRow>,
+    idles: Vec<ClusterIdle>,
+}
+
+async fn cluster(args: &Args, node: &Path) -> Result<Cluster> {
+    let mut c = Cluster::default();
+    let report = |r: &Relay| {
+        eprintln!(
+            "    {:.0} msg/s, p50 {:.2} ms, p99 {:.2} ms, server CPU {:.0}%, generator CPU {:.0}%",
+            r.rate, r.p50_ms, r.p99_ms, r.server_cpu, r.gen_cpu
+        );
+    };
+    for &pairs in &args.pairs {
+        let mut singles = vec![("in-memory node", node)];
+        if let Some(b) = &args.baseline_node {
+            singles.push(("in-memory node (baseline build)", b.as_path()));
+        }
+        for (setup, bin) in singles {
+            eprintln!("cluster: {setup}, WebSocket, {pairs} pairs");
+            let s = Server::start_node(bin, None).await?;
+            let r = relay(Mode::GlareWs, &Target::from(&s), pairs, args).await;
+            s.stop().await;
+            let r = r?;
+            report(&r);
+            c.rows.push(ClusterRow {
+                setup: setup.to_owned(),
+                nodes: 1,
+                relay: r,
+            });
+        }
+        for &n in &args.cluster_nodes {
+            eprintln!("cluster: {n} node(s) on Redis, WebSocket, {pairs} pairs");
+            let redis = RedisProc::start(&args.redis_server).await?;
+            let mut nodes = Vec::new();
+            for _ in 0..n {
+                nodes.push(Server::start_node(node, Some(&redis)).await?);
+            }
+            let target = Target {
+                ports: nodes.iter().map(|s| s.port).collect(),
+                pids: nodes
+                    .iter()
+                    .map(|s| s.pid)
+                    .chain(std::iter::once(redis.pid))
+                    .collect(),
+            };
+            let r = relay(Mode::GlareWs, &target, pairs, args).await;
+            for s in nodes {
+                s.stop().await;
+            }
+            redis.stop().await;
+            let r = r?;
+            report(&r);
+            c.rows.push(ClusterRow {
+                setup: "Redis".to_owned(),
+                nodes: n,
+                relay: r,
+            });
+        }
+    }
+    if args.parts.iter().any(|p| p == "idle") {
+        eprintln!("cluster idle: {} channels on an in-memory node", args.idle);
+        let s = Server::start_node(node, None).await?;
+        let r = idle_on(Kind::Glare, s.port, &[s.pid], args.idle).await;
+        s.stop().await;
+        let (idle, held) = r?;
+        drop(held);
+        eprintln!("    {:.2} KiB per channel", idle.per_peer_kib());
+        c.idles.push(ClusterIdle {
+            setup: "in-memory node",
+            idle,
+            redis_kib: None,
+        });
+        eprintln!("cluster idle: {} channels on a node on Redis", args.idle);
+        let redis = RedisProc::start(&args.redis_server).await?;
+        let s = Server::start_node(node, Some(&redis)).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let redis_before = rss_kib(redis.pid);
+        let r = idle_on(Kind::Glare, s.port, &[s.pid], args.idle).await;
+        let redis_after = rss_kib(redis.pid);
+        s.stop().await;
+        redis.stop().await;
+        let (idle, held) = r?;
+        drop(held);
+        eprintln!(
+            "    node {:.2} KiB + Redis {:.2} KiB per channel",
+            idle.per_peer_kib(),
+            redis_after.saturating_sub(redis_before) as f64 / idle.n.max(1) as f64
+        );
+        c.idles.push(ClusterIdle {
+            setup: "node on Redis",
+            idle,
+            redis_kib: Some((redis_before, redis_after)),
+        });
+    }
+    Ok(c)
+}
+
+fn cluster_report(args: &Args, c: &Cluster) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "\n### Several nodes on one Redis\n\nThe WebSocket relay above, on `glare-broker-node` processes: one in-memory node, then 1, 2 and 3 nodes sharing one `redis-server` (no persistence); with several nodes each pair's two peers are on different nodes, so every message crosses nodes (a Lua script on Redis numbers, buffers and publishes it to the home node's inbox). Same load, same run. Server CPU is the nodes' plus Redis's, % of one core{}.\n",
+        if args.smoke { " (**smoke run**)" } else { "" }
+    );
+    let _ = writeln!(
+        o,
+        "| pairs | setup | nodes | window | messages | msgs/s | p50 ms | p99 ms | server CPU | generator CPU | errors | rate ÷ in-memory |"
+    );
+    let _ = writeln!(
+        o,
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for row in &c.rows {
+        let r = &row.relay;
+        let base = c
+            .rows
+            .iter()
+            .find(|x| x.setup == "in-memory node" && x.relay.pairs == r.pairs)
+            .map_or(f64::NAN, |x| r.rate / x.relay.rate);
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.0}% | {:.0}% | {} | {:.2}× |",
+            r.pairs,
+            row.setup,
+            row.nodes,
+            r.window,
+            r.delivered,
+            r.rate,
+            r.p50_ms,
+            r.p99_ms,
+            r.server_cpu,
+            r.gen_cpu,
+            r.errors,
+            base
+        );
+    }
+    if !c.idles.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nIdle channels (a WebSocket channel with one session each), RSS growth ÷ channels:\n"
+        );
+        let _ = writeln!(
+            o,
+            "| setup | channels | node RSS before → after | node per channel | Redis RSS before → after | Redis per channel | total per channel |"
+        );
+        let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|");
+        for i in &c.idles {
+            let n = i.idle.n.max(1) as f64;
+            let (redis_txt, redis_per) = match i.redis_kib {
+                Some((b, a)) => (format!("{b} → {a} KiB"), a.saturating_sub(b) as f64 / n),
+                None => ("–".to_owned(), 0.0),
+            };
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} → {} KiB | {:.2} KiB | {} | {:.2} KiB | {:.2} KiB |",
+                i.setup,
+                i.idle.n,
+                i.idle.before_kib,
+                i.idle.after_kib,
+                i.idle.per_peer_kib(),
+                redis_txt,
+                redis_per,
+                i.idle.per_peer_kib() + redis_per
+            );
+        }
+    }
+    o
 }
 
 fn report(args: &Args, relays: &[Relay], idles: &[Idle], opens: &[Opens]) -> String {

@@ -111,9 +111,13 @@ async fn cors(State(app): AppState, req: Request, next: Next) -> Response {
 
 /// An error response; counts it in `glare_http_errors_total`.
 pub(crate) fn error(app: &App, err: ApiError) -> Response {
-    app.metrics.error(err.body.error);
-    let status = StatusCode::from_u16(err.body.error.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    let body = serde_json::to_string(&err.body).unwrap_or_default();
+    app.metrics.api_error(&err);
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = if err.unavailable {
+        serde_json::json!({"error": "unavailable", "message": err.body.message}).to_string()
+    } else {
+        serde_json::to_string(&err.body).unwrap_or_default()
+    };
     let mut res = (status, json_headers(), body).into_response();
     if let Some(wait) = err.retry_after {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -260,12 +264,13 @@ pub(crate) fn query<T: DeserializeOwned>(uri: &axum::http::Uri) -> Result<T, Api
 }
 
 async fn open_channel(State(app): AppState, req: Request) -> Response {
-    let res = (|| {
-        let q: ChannelQuery = query(req.uri())?;
-        let resume = resume_from(q, req.headers())?;
-        let att = app.registry.open(resume)?;
+    let resume = query::<ChannelQuery>(req.uri()).and_then(|q| resume_from(q, req.headers()));
+    drop(req);
+    let res = async {
+        let att = app.open(resume?).await?;
         Ok(sse_channel(&app, att))
-    })();
+    }
+    .await;
     respond(&app, res)
 }
 
@@ -377,7 +382,7 @@ fn sse_channel(app: &App, att: Attachment) -> Response {
 async fn close_channel(State(app): AppState, req: Request) -> Response {
     let res = async {
         let auth: ChannelAuth = body_json(&app, req).await?;
-        app.registry.close_channel(&auth)?;
+        app.close_channel(&auth).await?;
         Ok(empty_ok())
     }
     .await;
@@ -394,7 +399,7 @@ async fn create_session(State(app): AppState, req: Request) -> Response {
         body.validate(&app.config.limits)?;
         let mut body = body;
         body.metadata = compact_raw(body.metadata);
-        let sid = app.registry.create_session(body)?;
+        let sid = app.create_session(body).await?;
         let out = serde_json::to_string(&SessionCreated { sid }).unwrap_or_default();
         Ok(json(StatusCode::CREATED, out))
     }
@@ -412,7 +417,7 @@ async fn update_session(
         let mut body: UpdateSession = body_json(&app, req).await?;
         body.validate(&app.config.limits)?;
         body.values.metadata = body.values.metadata.map(compact_raw);
-        app.registry.update_session(&sid, body)?;
+        app.update_session(&sid, body).await?;
         Ok(empty_ok())
     }
     .await;
@@ -427,7 +432,7 @@ async fn close_session(
     let res = async {
         let sid = path_param(sid)?;
         let auth: ChannelAuth = body_json(&app, req).await?;
-        app.registry.close_session(&sid, &auth)?;
+        app.close_session(&sid, &auth).await?;
         Ok(empty_ok())
     }
     .await;
@@ -448,14 +453,15 @@ async fn send(
         let body: Send = body_json(&app, req).await?;
         body.validate(&app.config.limits)?;
         let message = compact_raw(body.message);
-        app.registry.send(
+        app.send(
             &target,
             Origin::Keyed {
                 origin: &body.origin,
                 key: &body.key,
             },
             message.get(),
-        )?;
+        )
+        .await?;
         app.metrics.relayed(message.get().len());
         Ok(empty_ok())
     }
@@ -473,18 +479,21 @@ struct ListQuery {
 }
 
 async fn list(State(app): AppState, req: Request) -> Response {
-    let res = (|| {
-        let q: ListQuery = query(req.uri())?;
-        let filter = Filter::parse(q.filter.as_deref().unwrap_or(""))
-            .map_err(|e| ApiError::from(ErrorBody::bad_request(format!("bad filter: {e}"))))?;
-        let wants_stream = req
-            .headers()
-            .get_all(header::ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.contains("text/event-stream"));
+    let parsed = query::<ListQuery>(req.uri()).and_then(|q| {
+        Filter::parse(q.filter.as_deref().unwrap_or(""))
+            .map_err(|e| ApiError::from(ErrorBody::bad_request(format!("bad filter: {e}"))))
+    });
+    let wants_stream = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"));
+    drop(req);
+    let res = async {
+        let filter = parsed?;
         if !wants_stream {
-            let entries = app.registry.list(&filter);
+            let entries = app.list(&filter).await?;
             let mut out = String::from("[");
             for (i, e) in entries.iter().enumerate() {
                 if i > 0 {
@@ -495,7 +504,7 @@ async fn list(State(app): AppState, req: Request) -> Response {
             out.push(']');
             return Ok(json(StatusCode::OK, out));
         }
-        let watch = app.registry.watch(filter);
+        let watch = app.watch(filter).await?;
         let mut first = String::new();
         for e in &watch.initial {
             encode_event(&mut first, "add", None, e);
@@ -518,7 +527,8 @@ async fn list(State(app): AppState, req: Request) -> Response {
             encode: encode_watch,
             _guard: watch.guard,
         })))
-    })();
+    }
+    .await;
     respond(&app, res)
 }
 
@@ -526,7 +536,13 @@ async fn list(State(app): AppState, req: Request) -> Response {
 // Operations
 // ---------------------------------------------------------------------------------------
 
-async fn healthz() -> Response {
+async fn healthz(State(app): AppState) -> Response {
+    if app.redis.as_ref().is_some_and(|r| !r.ready()) {
+        return error(
+            &app,
+            ApiError::unavailable("this node is not subscribed to its Redis inbox"),
+        );
+    }
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))],
         "ok",
@@ -535,7 +551,7 @@ async fn healthz() -> Response {
 }
 
 async fn metrics(State(app): AppState) -> Response {
-    let text = app.metrics.render(app.registry.stats());
+    let text = app.metrics.render(app.stats());
     (
         [(
             header::CONTENT_TYPE,

@@ -5,8 +5,15 @@
 //! channel's recent messages so a stream that drops can resume with `Last-Event-ID`
 //! and lose nothing.
 //!
+//! Several nodes behind a load balancer act as one broker when they share a Redis
+//! ([`Config::redis`], the [`backplane`] module): any node accepts any request, a send to
+//! a channel held by another node is routed through that node's pub/sub inbox, `/list`
+//! and list watches see every node's sessions, and a stream resumes on any node. The
+//! in-memory registry (one node) stays the default.
+//!
 //! What it does not do: TLS (put it behind a TLS-terminating proxy), authentication
-//! beyond channel keys, persistence (a restart forgets every channel).
+//! beyond channel keys, persistence of its own (an in-memory node forgets every channel
+//! when it restarts; on Redis, the channels live as long as Redis keeps them).
 //!
 //! ```text
 //!  HTTP/1.1 ──> hyper (header timeout) ──> axum router ──> handlers ──> Registry
@@ -26,6 +33,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod backplane;
 mod http;
 mod metrics;
 pub mod registry;
@@ -37,6 +45,7 @@ pub use glare_proto::broker::Limits;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
 
+pub use crate::backplane::{RedisConfig, RedisRegistry};
 use crate::{
     metrics::Metrics,
     registry::{MemoryRegistry, Registry},
@@ -55,6 +64,9 @@ pub struct Config {
     pub header_timeout: Duration,
     /// How long shutdown waits for requests in flight: 5 s.
     pub shutdown_timeout: Duration,
+    /// Several nodes as one broker: the registry lives in this Redis (default `None`:
+    /// the in-memory registry of a single node).
+    pub redis: Option<RedisConfig>,
 }
 
 impl Default for Config {
@@ -65,6 +77,7 @@ impl Default for Config {
             body_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
+            redis: None,
         }
     }
 }
@@ -74,6 +87,9 @@ impl Default for Config {
 pub(crate) struct App {
     pub(crate) config: Config,
     pub(crate) registry: Arc<dyn Registry>,
+    /// Set when [`Config::redis`] is: then every registry step goes there and
+    /// `registry` stays empty.
+    pub(crate) redis: Option<RedisRegistry>,
     pub(crate) metrics: Metrics,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
@@ -94,19 +110,29 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// The registry.
+    /// The in-memory registry (empty when the node runs on Redis).
     pub fn registry(&self) -> &Arc<dyn Registry> {
         &self.app.registry
     }
 
+    /// The Redis registry, when [`Config::redis`] is set.
+    pub fn redis(&self) -> Option<&RedisRegistry> {
+        self.app.redis.as_ref()
+    }
+
     /// Ends a channel's current stream server side, as a dropped connection would.
     pub fn disconnect(&self, cid: &str) -> bool {
-        self.app.registry.disconnect(cid)
+        match &self.app.redis {
+            Some(r) => r.disconnect(cid),
+            None => self.app.registry.disconnect(cid),
+        }
     }
 }
 
 impl Server {
-    /// Binds `addr` (port 0 picks a free port) with the in-memory registry.
+    /// Binds `addr` (port 0 picks a free port) with the in-memory registry, or with
+    /// the Redis one when [`Config::redis`] is set (a bad URL is an error; Redis being
+    /// away is not: the node answers 503 until it is back).
     pub async fn bind(addr: SocketAddr, config: Config) -> io::Result<Self> {
         let registry = Arc::new(MemoryRegistry::new(config.limits.clone()));
         Self::bind_with(addr, config, registry).await
@@ -121,9 +147,17 @@ impl Server {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let redis = match &config.redis {
+            Some(rc) => Some(
+                RedisRegistry::start(rc.clone(), config.limits.clone())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            ),
+            None => None,
+        };
         let app = Arc::new(App {
             config,
             registry,
+            redis,
             metrics: Metrics::default(),
             shutdown,
         });
@@ -157,6 +191,7 @@ impl Server {
             ..
         } = self;
         let router = http::router(Arc::clone(&app));
+        // On Redis the node's beat sweeps (backplane.rs).
         let sweeper = tokio::spawn(sweep_loop(Arc::clone(&app)));
         let mut conns = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
@@ -220,6 +255,9 @@ impl Server {
 async fn sweep_loop(app: Arc<App>) {
     let period =
         (app.config.limits.grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    if app.redis.is_some() {
+        return;
+    }
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -252,5 +290,100 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+/// The routing hook: each registry step goes to Redis when the node runs on it, else
+/// straight to the in-memory registry (a branch, no boxing, nothing awaited).
+impl App {
+    pub(crate) async fn open(
+        &self,
+        resume: Option<registry::Resume>,
+    ) -> Result<registry::Attachment, registry::ApiError> {
+        match &self.redis {
+            Some(r) => r.open(resume).await,
+            None => self.registry.open(resume),
+        }
+    }
+
+    pub(crate) async fn close_channel(
+        &self,
+        auth: &glare_proto::broker::ChannelAuth,
+    ) -> Result<(), registry::ApiError> {
+        match &self.redis {
+            Some(r) => r.close_channel(auth).await,
+            None => self.registry.close_channel(auth),
+        }
+    }
+
+    pub(crate) async fn create_session(
+        &self,
+        req: glare_proto::broker::CreateSession,
+    ) -> Result<String, registry::ApiError> {
+        match &self.redis {
+            Some(r) => r.create_session(req).await,
+            None => self.registry.create_session(req),
+        }
+    }
+
+    pub(crate) async fn update_session(
+        &self,
+        sid: &str,
+        req: glare_proto::broker::UpdateSession,
+    ) -> Result<(), registry::ApiError> {
+        match &self.redis {
+            Some(r) => r.update_session(sid, req).await,
+            None => self.registry.update_session(sid, req),
+        }
+    }
+
+    pub(crate) async fn close_session(
+        &self,
+        sid: &str,
+        auth: &glare_proto::broker::ChannelAuth,
+    ) -> Result<(), registry::ApiError> {
+        match &self.redis {
+            Some(r) => r.close_session(sid, auth).await,
+            None => self.registry.close_session(sid, auth),
+        }
+    }
+
+    pub(crate) async fn send(
+        &self,
+        target: &str,
+        origin: registry::Origin<'_>,
+        message: &str,
+    ) -> Result<(), registry::ApiError> {
+        match &self.redis {
+            Some(r) => r.send(target, origin, message).await,
+            None => self.registry.send(target, origin, message),
+        }
+    }
+
+    pub(crate) async fn list(
+        &self,
+        filter: &glare_proto::filter::Filter,
+    ) -> Result<Vec<Arc<str>>, registry::ApiError> {
+        match &self.redis {
+            Some(r) => r.list(filter).await,
+            None => Ok(self.registry.list(filter)),
+        }
+    }
+
+    pub(crate) async fn watch(
+        &self,
+        filter: glare_proto::filter::Filter,
+    ) -> Result<registry::Watch, registry::ApiError> {
+        match &self.redis {
+            Some(r) => r.watch(filter).await,
+            None => Ok(self.registry.watch(filter)),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> registry::Stats {
+        match &self.redis {
+            Some(r) => r.stats(),
+            None => self.registry.stats(),
+        }
     }
 }

@@ -15,12 +15,22 @@ pub(crate) struct Metrics {
     pub(crate) messages: AtomicU64,
     pub(crate) bytes: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
+    /// 503s: the shared registry (Redis) was unreachable.
+    unavailable: AtomicU64,
 }
 
 impl Metrics {
     pub(crate) fn relayed(&self, bytes: usize) {
         self.messages.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn api_error(&self, err: &crate::registry::ApiError) {
+        if err.unavailable {
+            self.unavailable.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.error(err.body.error);
+        }
     }
 
     pub(crate) fn error(&self, code: ErrorCode) {
@@ -80,6 +90,11 @@ impl Metrics {
                 n.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "glare_http_errors_total{{code=\"unavailable\"}} {}",
+            self.unavailable.load(Ordering::Relaxed)
+        );
         out
     }
 }

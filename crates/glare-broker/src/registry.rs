@@ -36,6 +36,10 @@ pub struct ApiError {
     pub body: ErrorBody,
     /// For `rate_limited`: how long until a send would pass.
     pub retry_after: Option<Duration>,
+    /// The shared registry (Redis) could not be reached: answered as
+    /// `503 {"error":"unavailable","message":…}` with `Retry-After`, whatever `body.error`
+    /// says (PROTOCOL.md's table has no 503 code yet).
+    pub unavailable: bool,
 }
 
 impl From<ErrorBody> for ApiError {
@@ -43,13 +47,46 @@ impl From<ErrorBody> for ApiError {
         Self {
             body,
             retry_after: None,
+            unavailable: false,
         }
     }
 }
 
 impl ApiError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ErrorBody::new(code, message).into()
+    }
+
+    /// A 503: the shared registry is unreachable; `why` says what failed.
+    pub fn unavailable(why: impl fmt::Display) -> Self {
+        Self {
+            body: ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "the broker's shared registry (Redis) is unavailable ({why}); retry shortly"
+                ),
+            ),
+            retry_after: Some(Duration::from_secs(1)),
+            unavailable: true,
+        }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> u16 {
+        if self.unavailable {
+            503
+        } else {
+            self.body.error.status()
+        }
+    }
+
+    /// The error code string (`unavailable` for a 503).
+    pub fn code(&self) -> String {
+        if self.unavailable {
+            "unavailable".to_owned()
+        } else {
+            self.body.error.to_string()
+        }
     }
 }
 
@@ -95,7 +132,7 @@ pub enum EndReason {
 pub struct EndFlag(AtomicU8);
 
 impl EndFlag {
-    fn set(&self, reason: EndReason) {
+    pub(crate) fn set(&self, reason: EndReason) {
         let v = match reason {
             EndReason::None => 0,
             EndReason::Replaced => 1,
@@ -158,6 +195,12 @@ pub struct DetachGuard(Option<Box<dyn FnOnce() + Send + Sync>>);
 impl fmt::Debug for DetachGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("DetachGuard")
+    }
+}
+
+impl DetachGuard {
+    pub(crate) fn new(f: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Self(Some(Box::new(f)))
     }
 }
 
@@ -356,7 +399,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn entry_json(sid: &str, tags: &[Tag], metadata: &Json) -> Arc<str> {
+pub(crate) fn entry_json(sid: &str, tags: &[Tag], metadata: &Json) -> Arc<str> {
     let entry = ListEntry {
         sid: sid.to_owned(),
         session: SessionInfo {
@@ -368,18 +411,18 @@ fn entry_json(sid: &str, tags: &[Tag], metadata: &Json) -> Arc<str> {
     serde_json::to_string(&entry).unwrap_or_default().into()
 }
 
-fn remove_json(sid: &str) -> Arc<str> {
+pub(crate) fn remove_json(sid: &str) -> Arc<str> {
     format!(r#"{{"sid":"{sid}"}}"#).into()
 }
 
-fn not_found_channel() -> ApiError {
+pub(crate) fn not_found_channel() -> ApiError {
     ApiError::new(
         ErrorCode::NotFound,
         "no such channel (unknown, expired or closed)",
     )
 }
 
-fn wrong_key() -> ApiError {
+pub(crate) fn wrong_key() -> ApiError {
     ApiError::new(ErrorCode::Forbidden, "the key does not own this channel")
 }
 
@@ -492,6 +535,7 @@ impl MemoryRegistry {
                     ),
                 ),
                 retry_after: Some(wait),
+                unavailable: false,
             })
         }
     }

@@ -52,11 +52,12 @@ pub(crate) async fn upgrade(
             );
         }
     };
-    let opened = (|| {
-        let q: ChannelQuery = query(req.uri())?;
-        let resume = resume_from(q, req.headers())?;
-        app.registry.open(resume)
-    })();
+    let resume = query::<ChannelQuery>(req.uri()).and_then(|q| resume_from(q, req.headers()));
+    drop(req);
+    let opened = match resume {
+        Ok(r) => app.open(r).await,
+        Err(e) => Err(e),
+    };
     let att = match opened {
         Ok(att) => att,
         Err(e) => return error(&app, e),
@@ -202,7 +203,7 @@ async fn on_client(
             if text.len() > max {
                 return Step::End(Some(close(TOO_BIG, "message over the body limit")));
             }
-            let answer = handle_send(app, cid, text.as_str());
+            let answer = handle_send(app, cid, text.as_str()).await;
             if socket.feed(Message::Text(answer.into())).await.is_err() {
                 return Step::End(None);
             }
@@ -217,9 +218,15 @@ async fn on_client(
 }
 
 /// Answers one client frame with an `ack` or `error` frame.
-fn handle_send(app: &App, cid: &str, text: &str) -> String {
+async fn handle_send(app: &App, cid: &str, text: &str) -> String {
     let fail = |r#ref: String, err: ApiError| {
-        app.metrics.error(err.body.error);
+        app.metrics.api_error(&err);
+        if err.unavailable {
+            let message = serde_json::to_string(&err.body.message).unwrap_or_default();
+            return format!(
+                r#"{{"event":"error","ref":{ref},"error":"unavailable","message":{message},"retryAfterMs":1000}}"#
+            );
+        }
         WsServerFrame::Error {
             r#ref,
             error: err.body,
@@ -237,14 +244,17 @@ fn handle_send(app: &App, cid: &str, text: &str) -> String {
         return fail(send.r#ref, e.into());
     }
     let message = compact_raw(send.message);
-    match app.registry.send(
-        &send.target,
-        Origin::Socket {
-            origin: &send.origin,
-            cid,
-        },
-        message.get(),
-    ) {
+    match app
+        .send(
+            &send.target,
+            Origin::Socket {
+                origin: &send.origin,
+                cid,
+            },
+            message.get(),
+        )
+        .await
+    {
         Ok(()) => {
             app.metrics.relayed(message.get().len());
             WsServerFrame::Ack { r#ref: send.r#ref }.to_json()

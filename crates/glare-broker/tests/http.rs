@@ -1,7 +1,7 @@
 //! PROTOCOL.md §1 through raw HTTP on loopback: every endpoint rule and every row of
 //! the error table.
 
-mod common;
+pub mod common;
 
 use std::time::Duration;
 

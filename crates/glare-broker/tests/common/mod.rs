@@ -1,6 +1,13 @@
 //! A raw HTTP harness: a broker on 127.0.0.1:0 and a hyper client that knows nothing
 //! of glare beyond the SSE decoder.
-#![allow(dead_code, unreachable_pub)]
+//!
+//! Cluster mode: when this module is compiled inside `redis_protocol.rs` (which loads
+//! `http.rs` as its module `http_flows`), `Broker::start` starts a redis-server and three
+//! nodes on it, and every request goes to a node picked at random; `/metrics` is summed
+//! over the nodes. So every §1 test of `http.rs` also runs on three nodes as one.
+#![allow(dead_code, unreachable_pub, missing_debug_implementations)]
+
+pub mod redis;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -13,29 +20,76 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::{net::TcpStream, sync::oneshot, task::JoinHandle};
 
+/// Whether this copy of the harness runs brokers as a three-node cluster.
+pub fn cluster_mode() -> bool {
+    module_path!().contains("http_flows")
+}
+
 pub struct Broker {
+    /// The first node.
     pub addr: SocketAddr,
-    pub handle: Handle,
-    stop: Option<oneshot::Sender<()>>,
-    pub task: Option<JoinHandle<std::io::Result<()>>>,
+    /// Every node (one unless in cluster mode).
+    pub addrs: Vec<SocketAddr>,
+    pub handle: Option<Handle>,
+    stop: Vec<oneshot::Sender<()>>,
+    pub task: Vec<JoinHandle<std::io::Result<()>>>,
+    pub redis: Option<redis::RedisServer>,
 }
 
 impl Broker {
     pub async fn start(config: Config) -> Self {
-        let server = Server::bind("127.0.0.1:0".parse().unwrap(), config)
-            .await
-            .unwrap();
-        let addr = server.local_addr();
-        let handle = server.handle();
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async {
-            let _ = rx.await;
-        }));
+        if cluster_mode() {
+            let redis = redis::RedisServer::start();
+            let mut b = Self::nodes(config, Some(&redis), 3).await;
+            b.redis = Some(redis);
+            return b;
+        }
+        Self::nodes(config, None, 1).await
+    }
+
+    /// `n` in-process nodes, on `redis` if given.
+    pub async fn nodes(mut config: Config, redis: Option<&redis::RedisServer>, n: usize) -> Self {
+        if let Some(r) = redis {
+            config.redis = Some(r.config());
+        }
+        let mut addrs = Vec::new();
+        let mut handles = Vec::new();
+        let mut stop = Vec::new();
+        let mut task = Vec::new();
+        for _ in 0..n {
+            let server = Server::bind("127.0.0.1:0".parse().unwrap(), config.clone())
+                .await
+                .unwrap();
+            addrs.push(server.local_addr());
+            handles.push(server.handle());
+            let (tx, rx) = oneshot::channel::<()>();
+            task.push(tokio::spawn(server.run(async {
+                let _ = rx.await;
+            })));
+            stop.push(tx);
+        }
+        if redis.is_some() {
+            wait_ready(&addrs).await;
+        }
         Self {
-            addr,
-            handle,
-            stop: Some(stop),
-            task: Some(task),
+            addr: addrs[0],
+            addrs,
+            handle: Some(handles.swap_remove(0)),
+            stop,
+            task,
+            redis: None,
+        }
+    }
+
+    /// Nodes already running elsewhere (child processes), picked at random per request.
+    pub fn remote(addrs: Vec<SocketAddr>) -> Self {
+        Self {
+            addr: addrs[0],
+            addrs,
+            handle: None,
+            stop: Vec::new(),
+            task: Vec::new(),
+            redis: None,
         }
     }
 
@@ -44,16 +98,22 @@ impl Broker {
     }
 
     pub async fn shutdown(&mut self) {
-        if let Some(s) = self.stop.take() {
+        for s in self.stop.drain(..) {
             let _ = s.send(());
         }
-        if let Some(t) = self.task.take() {
+        for t in self.task.drain(..) {
             tokio::time::timeout(Duration::from_secs(10), t)
                 .await
                 .expect("shutdown in time")
                 .unwrap()
                 .unwrap();
         }
+    }
+
+    /// A node picked at random (the only one outside cluster mode).
+    pub fn pick(&self) -> SocketAddr {
+        use rand::Rng as _;
+        self.addrs[rand::rng().random_range(0..self.addrs.len())]
     }
 
     pub fn url(&self) -> String {
@@ -68,7 +128,60 @@ impl Broker {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Resp {
-        let res = self.start_request(method, path, headers, body).await;
+        if path == "/metrics" && self.addrs.len() > 1 {
+            return self.summed_metrics().await;
+        }
+        let body = body.into();
+        let addr = self.pick();
+        self.request_to(addr, method, path, headers, body).await
+    }
+
+    /// `/metrics` of every node, each sample summed over the nodes.
+    async fn summed_metrics(&self) -> Resp {
+        let mut sums: Vec<(String, u64)> = Vec::new();
+        let mut first: Option<Resp> = None;
+        for &a in &self.addrs {
+            let r = self
+                .request_to(a, "GET", "/metrics", &[], Bytes::new())
+                .await;
+            for line in r.body.lines().filter(|l| !l.starts_with('#')) {
+                let Some((name, v)) = line.rsplit_once(' ') else {
+                    continue;
+                };
+                let v: u64 = v.parse().unwrap_or(0);
+                match sums.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, s)) => *s += v,
+                    None => sums.push((name.to_owned(), v)),
+                }
+            }
+            first.get_or_insert(r);
+        }
+        let mut r = first.expect("a node");
+        r.body = r
+            .body
+            .lines()
+            .map(|line| {
+                let summed = line.rsplit_once(' ').and_then(|(name, _)| {
+                    let v = sums.iter().find(|(n, _)| n == name)?.1;
+                    (!line.starts_with('#')).then(|| format!("{name} {v}"))
+                });
+                summed.unwrap_or_else(|| line.to_owned()) + "\n"
+            })
+            .collect();
+        r
+    }
+
+    pub async fn request_to(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Resp {
+        let res = self
+            .start_request_to(addr, method, path, headers, body)
+            .await;
         let status = res.status().as_u16();
         let headers = res
             .headers()
@@ -94,7 +207,20 @@ impl Broker {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> hyper::Response<Incoming> {
-        let stream = TcpStream::connect(self.addr).await.unwrap();
+        let addr = self.pick();
+        self.start_request_to(addr, method, path, headers, body)
+            .await
+    }
+
+    pub async fn start_request_to(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> hyper::Response<Incoming> {
+        let stream = TcpStream::connect(addr).await.unwrap();
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .unwrap();
@@ -102,7 +228,7 @@ impl Broker {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", self.addr.to_string());
+            .header("host", addr.to_string());
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -172,6 +298,26 @@ impl Broker {
         let r = self.post_json("/session", body).await;
         assert_eq!(r.status, 201, "{}", r.body);
         r.json()["sid"].as_str().unwrap().to_owned()
+    }
+}
+
+/// Waits until every node answers `GET /channel` (its Redis subscription is live).
+pub async fn wait_ready(addrs: &[SocketAddr]) {
+    for &a in addrs {
+        let b = Broker::remote(vec![a]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = b.start_request("GET", "/healthz", &[], Bytes::new()).await;
+            if r.status() == 200 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {a} not ready: {}",
+                r.status()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
