@@ -43,6 +43,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/healthz", getter(get(healthz)))
         .route("/metrics", getter(get(metrics)))
         .route("/ws", getter(get(crate::ws::upgrade)))
+        .route("/", getter(get(index_html)))
+        .route("/glare.js", getter(get(glare_js)))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(Arc::clone(&app), cors))
         .with_state(app)
@@ -530,6 +532,34 @@ async fn list(State(app): AppState, req: Request) -> Response {
     }
     .await;
     respond(&app, res)
+}
+
+// ---------------------------------------------------------------------------------------
+// The browser side (issue 8): glare.js and the demo page, embedded in the binary
+// ---------------------------------------------------------------------------------------
+
+/// The browser side of PROTOCOL.md as a plain ES module (assets/glare.js).
+const GLARE_JS: &str = include_str!("../assets/glare.js");
+/// The demo page on glare.js (assets/index.html).
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+
+async fn glare_js() -> Response {
+    asset("text/javascript; charset=utf-8", GLARE_JS)
+}
+
+async fn index_html() -> Response {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 // ---------------------------------------------------------------------------------------

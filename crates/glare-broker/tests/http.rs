@@ -777,3 +777,24 @@ async fn limits_are_configurable() {
         200
     );
 }
+
+/// The broker serves glare.js and the demo page from the binary (issue 8).
+#[tokio::test]
+async fn serves_glare_js_and_the_demo_page() {
+    let b = Broker::default().await;
+    let r = b.get("/glare.js").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert!(r.body.contains("export"), "glare.js is an ES module");
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    let r = b.get("/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(r.body.contains("glare.js"), "the page loads glare.js");
+    b.post("/glare.js", "")
+        .await
+        .assert_error(405, "method_not_allowed");
+}
