@@ -1,6 +1,10 @@
 //! The `glare` command line (CLI.md).
 #![forbid(unsafe_code)]
 
+mod cli;
+
+use cli::{demo, peer};
+
 use std::{
     io::Write as _,
     net::{SocketAddr, ToSocketAddrs as _},
@@ -29,23 +33,18 @@ enum Command {
     Broker(BrokerArgs),
     /// List the sessions on a broker.
     List(ListArgs),
-    /// The main job on an embedded broker (not implemented yet).
-    Demo(Rest),
-    /// One scriptable peer (not implemented yet).
-    Peer(Rest),
-    /// Send a file to a session (not implemented yet).
-    Send(Rest),
-    /// Receive a file (not implemented yet).
-    Recv(Rest),
+    /// The main job: an embedded broker, two peers dialling each other at once, a
+    /// verified transfer.
+    Demo(demo::DemoArgs),
+    /// One scriptable peer: host a session, dial, accept, send and receive files.
+    Peer(peer::PeerArgs),
+    /// Send a file to a session (`peer --dial SID --send FILE --count 1`).
+    Send(peer::SendArgs),
+    /// Receive one file (`peer --tag T --recv DIR --count 1`).
+    Recv(peer::RecvArgs),
 }
 
-#[derive(Debug, Args)]
-struct Rest {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    args: Vec<String>,
-}
-
-fn secs(s: &str) -> Result<Duration, String> {
+pub(crate) fn secs(s: &str) -> Result<Duration, String> {
     let v: f64 = s
         .parse()
         .map_err(|e| format!("{s:?} is not a number of seconds: {e}"))?;
@@ -99,6 +98,14 @@ struct BrokerArgs {
     /// Seconds to receive a request's headers.
     #[arg(long, value_parser = secs, default_value = "10")]
     header_timeout: Duration,
+    /// Share channels, sessions and lists with every other node on this Redis
+    /// (`redis://[user:pass@]host:port[/db]`; default: in-memory, one node). Run Redis
+    /// with `appendonly yes` so a Redis restart keeps the channels.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// Key prefix on Redis, so several broker clusters can share one Redis.
+    #[arg(long, default_value = "glare", requires = "redis")]
+    redis_prefix: String,
 }
 
 #[derive(Debug, Args)]
@@ -114,35 +121,39 @@ struct ListArgs {
     watch: bool,
 }
 
-fn init_logs() {
-    let level = match std::env::var("GLARE_LOG").as_deref() {
-        Ok("trace") => tracing::Level::TRACE,
-        Ok("debug") => tracing::Level::DEBUG,
-        Ok("warn") => tracing::Level::WARN,
-        Ok("error") => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
+/// Logs to stderr, filtered by `RUST_LOG` (`warn`, `glare=debug,str0m=info` …).
+fn init_logs(default_spec: &str) {
+    use tracing_subscriber::{filter::Targets, prelude::*};
+    let spec = std::env::var("RUST_LOG")
+        .or_else(|_| std::env::var("GLARE_LOG"))
+        .unwrap_or_default();
+    let default = || -> Targets { default_spec.parse().unwrap_or_else(|_| Targets::new()) };
+    let filter = if spec.trim().is_empty() {
+        default()
+    } else {
+        spec.parse().unwrap_or_else(|e| {
+            eprintln!("glare: RUST_LOG={spec:?} not understood ({e}); using the default");
+            default()
+        })
     };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(filter)
         .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let not_yet = |cmd: &str| {
-        eprintln!("glare {cmd}: not implemented yet (needs glare-rtc/glare-udp, issue 6)");
-        ExitCode::from(2)
-    };
-    match cli.command {
-        Command::Demo(_) => return not_yet("demo"),
-        Command::Peer(_) => return not_yet("peer"),
-        Command::Send(_) => return not_yet("send"),
-        Command::Recv(_) => return not_yet("recv"),
-        Command::Broker(_) | Command::List(_) => {}
-    }
-    init_logs();
+    // The demo's embedded broker and peers stay quiet unless asked.
+    init_logs(if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "warn,glare=info,glare_broker=info"
+    });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -157,9 +168,14 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Broker(args) => broker(args).await,
             Command::List(args) => list(args).await,
-            _ => Ok(()),
+            Command::Peer(args) => peer::run(args.into_options()?).await,
+            Command::Send(args) => peer::run(args.into_options()?).await,
+            Command::Recv(args) => peer::run(args.into_options()?).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     });
+    // Links and the reactor may still hold tasks: do not wait for them.
+    rt.shutdown_timeout(Duration::from_millis(200));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -192,6 +208,10 @@ async fn broker(args: BrokerArgs) -> Result<(), String> {
         cors_origin: args.cors_origin,
         body_timeout: args.body_timeout,
         header_timeout: args.header_timeout,
+        redis: args.redis.map(|url| glare::broker::RedisConfig {
+            prefix: args.redis_prefix,
+            ..glare::broker::RedisConfig::new(url)
+        }),
         ..Config::default()
     };
     let server = Server::bind(addr, config)

@@ -1,0 +1,489 @@
+//! `glare peer` (and its shorthands `send` and `recv`), exactly per CLI.md.
+
+use std::collections::HashSet;
+use std::io::IsTerminal as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use glare::client::WatchEvent;
+use glare::file::{self, FILE_LABEL, Report};
+use glare::{Config, Connection, DataChannel, HostFilter, IceServer, Peer, Role};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// `glare peer` arguments.
+#[derive(Debug, Args)]
+pub(crate) struct PeerArgs {
+    /// Broker URL, e.g. `http://127.0.0.1:8080`.
+    #[arg(long)]
+    broker: String,
+    /// A tag of the session this peer hosts (repeatable).
+    #[arg(long = "tag", value_name = "T")]
+    tags: Vec<String>,
+    /// The session's metadata (JSON).
+    #[arg(long, value_name = "JSON")]
+    metadata: Option<String>,
+    /// Do not show the session in `/list`.
+    #[arg(long)]
+    unlisted: bool,
+    /// Connect to this session, with this peer's own sid as origin (repeatable).
+    #[arg(long, value_name = "SID")]
+    dial: Vec<String>,
+    /// Watch for sessions with this tag (other than our own) and dial each one as
+    /// it appears (repeatable).
+    #[arg(long = "dial-tag", value_name = "T")]
+    dial_tag: Vec<String>,
+    /// On every link, send this file (PROTOCOL.md §5).
+    #[arg(long, value_name = "FILE")]
+    send: Option<PathBuf>,
+    /// Save files received on any link into this directory.
+    #[arg(long, value_name = "DIR")]
+    recv: Option<PathBuf>,
+    /// Echo every other data channel.
+    #[arg(long)]
+    echo: bool,
+    /// Exit 0 after N files have been sent and acknowledged or received and verified.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Exit 1 if not done by then.
+    #[arg(long, value_name = "SECS", value_parser = crate::secs)]
+    timeout: Option<Duration>,
+    /// The local address for UDP (default: every usable interface address).
+    #[arg(long, value_name = "IP")]
+    bind: Option<IpAddr>,
+    /// An ICE server: `stun:HOST:PORT`, `turn:USER:PASS@HOST:PORT[?transport=tcp]`
+    /// (repeatable).
+    #[arg(long, value_name = "URL")]
+    ice: Vec<String>,
+}
+
+/// `glare send` arguments.
+#[derive(Debug, Args)]
+pub(crate) struct SendArgs {
+    /// Broker URL.
+    #[arg(long)]
+    broker: String,
+    /// The session to send to.
+    #[arg(long, value_name = "SID")]
+    to: String,
+    /// The file.
+    file: PathBuf,
+    /// Exit 1 if not done by then.
+    #[arg(long, value_name = "SECS", value_parser = crate::secs)]
+    timeout: Option<Duration>,
+    /// The local address for UDP.
+    #[arg(long, value_name = "IP")]
+    bind: Option<IpAddr>,
+    /// An ICE server URL (repeatable).
+    #[arg(long, value_name = "URL")]
+    ice: Vec<String>,
+}
+
+/// `glare recv` arguments.
+#[derive(Debug, Args)]
+pub(crate) struct RecvArgs {
+    /// Broker URL.
+    #[arg(long)]
+    broker: String,
+    /// A tag of the session to host (repeatable).
+    #[arg(long = "tag", value_name = "T")]
+    tags: Vec<String>,
+    /// Where to save the file.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Exit 1 if not done by then.
+    #[arg(long, value_name = "SECS", value_parser = crate::secs)]
+    timeout: Option<Duration>,
+    /// The local address for UDP.
+    #[arg(long, value_name = "IP")]
+    bind: Option<IpAddr>,
+    /// An ICE server URL (repeatable).
+    #[arg(long, value_name = "URL")]
+    ice: Vec<String>,
+}
+
+/// What a peer run does, whichever command asked for it.
+#[derive(Debug)]
+pub(crate) struct Options {
+    broker: String,
+    tags: Vec<String>,
+    metadata: serde_json::Value,
+    listed: bool,
+    dial: Vec<String>,
+    dial_tag: Vec<String>,
+    send: Option<PathBuf>,
+    recv: Option<PathBuf>,
+    echo: bool,
+    count: Option<u64>,
+    timeout: Option<Duration>,
+    config: Config,
+}
+
+fn config(bind: Option<IpAddr>, ice: &[String]) -> Result<Config, String> {
+    let mut config = Config::default();
+    if let Some(ip) = bind {
+        config.bind = SocketAddr::new(ip, 0);
+        if ip.is_loopback() {
+            config.host_filter = HostFilter::loopback_only();
+        }
+    }
+    for url in ice {
+        config
+            .ice_servers
+            .push(IceServer::parse(url).map_err(|e| format!("--ice: {e}"))?);
+    }
+    Ok(config)
+}
+
+impl PeerArgs {
+    pub(crate) fn into_options(self) -> Result<Options, String> {
+        let metadata = match &self.metadata {
+            Some(m) => {
+                serde_json::from_str(m).map_err(|e| format!("--metadata is not JSON: {e}"))?
+            }
+            None => serde_json::Value::Null,
+        };
+        Ok(Options {
+            config: config(self.bind, &self.ice)?,
+            broker: self.broker,
+            tags: self.tags,
+            metadata,
+            listed: !self.unlisted,
+            dial: self.dial,
+            dial_tag: self.dial_tag,
+            send: self.send,
+            recv: self.recv,
+            echo: self.echo,
+            count: self.count,
+            timeout: self.timeout,
+        })
+    }
+}
+
+impl SendArgs {
+    pub(crate) fn into_options(self) -> Result<Options, String> {
+        Ok(Options {
+            config: config(self.bind, &self.ice)?,
+            broker: self.broker,
+            tags: Vec::new(),
+            metadata: serde_json::Value::Null,
+            listed: true,
+            dial: vec![self.to],
+            dial_tag: Vec::new(),
+            send: Some(self.file),
+            recv: None,
+            echo: false,
+            count: Some(1),
+            timeout: self.timeout,
+        })
+    }
+}
+
+impl RecvArgs {
+    pub(crate) fn into_options(self) -> Result<Options, String> {
+        Ok(Options {
+            config: config(self.bind, &self.ice)?,
+            broker: self.broker,
+            tags: self.tags,
+            metadata: serde_json::Value::Null,
+            listed: true,
+            dial: Vec::new(),
+            dial_tag: Vec::new(),
+            send: None,
+            recv: Some(self.out),
+            echo: false,
+            count: Some(1),
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// Something a link task reports to the main loop.
+enum Done {
+    Sent(Report),
+    Received(Report),
+    Failed(String),
+}
+
+/// What every link task needs.
+struct Ctx {
+    send: Option<PathBuf>,
+    recv: Option<PathBuf>,
+    echo: bool,
+    bars: MultiProgress,
+    done: mpsc::UnboundedSender<Done>,
+}
+
+fn role_name(role: Option<Role>) -> &'static str {
+    match role {
+        Some(Role::Polite) => "polite",
+        Some(Role::Impolite) => "impolite",
+        None => "unknown",
+    }
+}
+
+/// A progress bar on stderr, drawn only on a terminal.
+pub(crate) fn bar(bars: &MultiProgress, len: Option<u64>, what: &str) -> ProgressBar {
+    let bar = match len {
+        Some(len) => ProgressBar::new(len),
+        None => ProgressBar::no_length(),
+    };
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let bar = bars.add(bar.with_style(style));
+    bar.set_message(what.to_owned());
+    bar
+}
+
+pub(crate) fn progress_target() -> MultiProgress {
+    if std::io::stderr().is_terminal() {
+        MultiProgress::with_draw_target(ProgressDrawTarget::stderr())
+    } else {
+        MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+    }
+}
+
+/// The line protocol of CLI.md: one `println!` per event (stdout is line-buffered
+/// and locked per call, so lines never interleave).
+fn print_transfer(verb: &str, r: &Report) {
+    println!(
+        "{verb} {} {} {} mbps={:.1}",
+        r.name,
+        r.size,
+        r.sha256,
+        r.mbps()
+    );
+}
+
+async fn handle_link(conn: Connection, ctx: Arc<Ctx>) {
+    let remote = conn.remote().unwrap_or("?").to_owned();
+    if let Err(e) = conn.connected().await {
+        println!("closed {remote} {}", conn.state().reason());
+        tracing::debug!(%remote, error = %e, "link never connected");
+        return;
+    }
+    let role = conn.role_decided().await.ok();
+    // CLI.md: to the glare-signal channel being open (a peer that never opens one
+    // is measured to ICE and DTLS being up).
+    let ms = match conn.signal_ready(Duration::from_secs(3)).await {
+        Some(t) => t,
+        None => conn.connect_time().unwrap_or_default(),
+    }
+    .as_millis();
+    println!("connected {remote} role={} ms={ms}", role_name(role));
+    let mut tasks = JoinSet::new();
+    if let Some(path) = ctx.send.clone() {
+        let conn = conn.clone();
+        let ctx = Arc::clone(&ctx);
+        tasks.spawn(async move {
+            let size = tokio::fs::metadata(&path).await.map(|m| m.len()).ok();
+            let bar = bar(&ctx.bars, size, &format!("send {}", path.display()));
+            let result = file::send_file(&conn, &path, |n| bar.set_position(n)).await;
+            bar.finish_and_clear();
+            let _ = ctx.done.send(match result {
+                Ok(r) => Done::Sent(r),
+                Err(e) => Done::Failed(format!("sending {} failed: {e}", path.display())),
+            });
+        });
+    }
+    {
+        let conn = conn.clone();
+        let ctx = Arc::clone(&ctx);
+        tasks.spawn(async move {
+            let mut channels = JoinSet::new();
+            while let Some(chan) = conn.accept_channel().await {
+                channels.spawn(serve_channel(chan, Arc::clone(&ctx)));
+            }
+            while channels.join_next().await.is_some() {}
+        });
+    }
+    let state = conn.closed().await;
+    println!("closed {remote} {}", state.reason());
+    tasks.abort_all();
+}
+
+async fn serve_channel(chan: DataChannel, ctx: Arc<Ctx>) {
+    if chan.label() == FILE_LABEL {
+        let Some(dir) = ctx.recv.clone() else {
+            refuse_file(chan).await;
+            return;
+        };
+        let bar = bar(&ctx.bars, None, "receive");
+        let result = file::receive_file(chan, Some(&dir), |n| bar.set_position(n)).await;
+        bar.finish_and_clear();
+        let _ = ctx.done.send(match result {
+            Ok(r) => Done::Received(r),
+            Err(e) => Done::Failed(format!("receiving a file failed: {e}")),
+        });
+    } else if ctx.echo {
+        file::echo(chan).await;
+    }
+}
+
+/// A file offered to a peer without `--recv`: read the header and say no.
+async fn refuse_file(mut chan: DataChannel) {
+    if chan.recv().await.is_some() {
+        let _ = chan
+            .send_text(r#"{"ok":false,"error":"this peer does not receive files"}"#)
+            .await;
+    }
+    chan.close().await;
+}
+
+pub(crate) async fn run(o: Options) -> Result<(), String> {
+    if let Some(path) = &o.send {
+        let meta =
+            std::fs::metadata(path).map_err(|e| format!("--send {}: {e}", path.display()))?;
+        if !meta.is_file() {
+            return Err(format!("--send {}: not a file", path.display()));
+        }
+    }
+    if let Some(dir) = &o.recv
+        && !dir.is_dir()
+    {
+        return Err(format!("--recv {}: not a directory", dir.display()));
+    }
+    let peer = Peer::new(&o.broker, o.config)
+        .await
+        .map_err(|e| format!("cannot start the peer: {e}"))?;
+    let sid = peer
+        .host(&o.tags, o.metadata, o.listed)
+        .await
+        .map_err(|e| format!("cannot host a session: {e}"))?;
+    println!("sid {sid}");
+
+    let (links_tx, mut links_rx) = mpsc::unbounded_channel::<Connection>();
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
+    let mut background = JoinSet::new();
+    {
+        let peer = peer.clone();
+        let links = links_tx.clone();
+        background.spawn(async move {
+            while let Some(conn) = peer.accept().await {
+                let _ = links.send(conn);
+            }
+        });
+    }
+    for remote in o.dial {
+        let peer = peer.clone();
+        let links = links_tx.clone();
+        let fatal = fatal_tx.clone();
+        background.spawn(async move {
+            match peer.connect(&remote).await {
+                Ok(conn) => {
+                    let _ = links.send(conn);
+                }
+                Err(e) => {
+                    let _ = fatal.send(format!("cannot dial {remote}: {e}"));
+                }
+            }
+        });
+    }
+    for tag in o.dial_tag {
+        let peer = peer.clone();
+        let links = links_tx.clone();
+        let fatal = fatal_tx.clone();
+        let own = sid.clone();
+        background.spawn(async move {
+            let mut watch = match peer.watch(&tag).await {
+                Ok(w) => w,
+                Err(e) => {
+                    let _ = fatal.send(format!("cannot watch tag {tag}: {e}"));
+                    return;
+                }
+            };
+            let mut dialled = HashSet::new();
+            while let Some(event) = watch.next().await {
+                match event {
+                    Ok(WatchEvent::Add(entry)) if entry.sid != own => {
+                        if !dialled.insert(entry.sid.clone()) {
+                            continue;
+                        }
+                        match peer.connect(&entry.sid).await {
+                            Ok(conn) => {
+                                let _ = links.send(conn);
+                            }
+                            Err(e) => eprintln!("glare: cannot dial {}: {e}", entry.sid),
+                        }
+                    }
+                    Ok(WatchEvent::Remove(gone)) => {
+                        dialled.remove(&gone);
+                    }
+                    Ok(_) => {}
+                    Err(e) => eprintln!("glare: watching tag {tag}: {e}"),
+                }
+            }
+        });
+    }
+    drop(links_tx);
+    drop(fatal_tx);
+
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let ctx = Arc::new(Ctx {
+        send: o.send,
+        recv: o.recv,
+        echo: o.echo,
+        bars: progress_target(),
+        done: done_tx,
+    });
+    let deadline = o.timeout.map(|t| tokio::time::Instant::now() + t);
+    let stop = glare::broker::shutdown_signal();
+    tokio::pin!(stop);
+    let mut seen = HashSet::new();
+    let mut link_tasks = JoinSet::new();
+    let mut finished = 0u64;
+    let result = loop {
+        if o.count.is_some_and(|n| finished >= n) {
+            break Ok(());
+        }
+        tokio::select! {
+            Some(conn) = links_rx.recv() => {
+                if seen.insert(conn.id()) {
+                    link_tasks.spawn(handle_link(conn, Arc::clone(&ctx)));
+                }
+            }
+            Some(done) = done_rx.recv() => match done {
+                Done::Sent(r) => {
+                    print_transfer("sent", &r);
+                    finished += 1;
+                }
+                Done::Received(r) => {
+                    print_transfer("received", &r);
+                    finished += 1;
+                }
+                Done::Failed(e) => {
+                    if o.count.is_some() {
+                        break Err(e);
+                    }
+                    eprintln!("glare: {e}");
+                }
+            },
+            Some(e) = fatal_rx.recv() => break Err(e),
+            () = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let secs = o.timeout.unwrap_or_default().as_secs_f64();
+                break Err(format!("not done within --timeout {secs}s"));
+            }
+            () = &mut stop => break Ok(()),
+        }
+    };
+    background.abort_all();
+    peer.close().await;
+    // Let the link tasks print their `closed` lines.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while link_tasks.join_next().await.is_some() {}
+    })
+    .await;
+    result
+}

@@ -1,0 +1,308 @@
+//! The CLI contract (CLI.md): real `glare` processes, a real broker, real UDP.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const GLARE: &str = env!("CARGO_BIN_EXE_glare");
+
+/// A child process killed (by its pid) when dropped.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(GLARE)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn glare");
+        let stdout: ChildStdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    fn line(&self, within: Duration) -> String {
+        self.lines
+            .recv_timeout(within)
+            .expect("a stdout line in time")
+    }
+
+    /// Waits for the exit (bounded) and returns the code and the remaining lines.
+    fn finish(mut self, within: Duration) -> (Option<i32>, Vec<String>) {
+        let deadline = Instant::now() + within;
+        let code = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status.code();
+            }
+            assert!(Instant::now() < deadline, "glare did not exit in time");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut rest = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(500)) {
+            rest.push(l);
+        }
+        (code, rest)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("glare-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write_file(path: &Path, len: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    glare::file::Sha256::hex_of(data)
+}
+
+fn broker() -> (Proc, String) {
+    let b = Proc::spawn(&["broker", "--listen", "127.0.0.1:0"]);
+    let first = b.line(Duration::from_secs(10));
+    let url = first
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("first broker line: {first:?}"))
+        .to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    (b, url)
+}
+
+/// Splits `connected <REMOTE> role=<r> ms=<n>`.
+fn connected(line: &str) -> (String, String) {
+    let parts: Vec<&str> = line.split(' ').collect();
+    assert_eq!(parts.len(), 4, "{line:?}");
+    assert_eq!(parts[0], "connected", "{line:?}");
+    let role = parts[2].strip_prefix("role=").expect("role=");
+    assert!(role == "polite" || role == "impolite", "{line:?}");
+    let ms: u64 = parts[3]
+        .strip_prefix("ms=")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("ms=<n> in {line:?}"));
+    assert!(ms < 30_000, "{line:?}");
+    (parts[1].to_owned(), role.to_owned())
+}
+
+/// Checks `<verb> <NAME> <BYTES> <SHA256> mbps=<x>`.
+fn transfer(line: &str, verb: &str, name: &str, len: usize, sha: &str) {
+    let parts: Vec<&str> = line.split(' ').collect();
+    assert_eq!(parts.len(), 5, "{line:?}");
+    assert_eq!(parts[0], verb, "{line:?}");
+    assert_eq!(parts[1], name, "{line:?}");
+    assert_eq!(parts[2], len.to_string(), "{line:?}");
+    assert_eq!(parts[3], sha, "{line:?}");
+    let mbps: f64 = parts[4]
+        .strip_prefix("mbps=")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("mbps=<x> in {line:?}"));
+    assert!(mbps > 0.0, "{line:?}");
+}
+
+fn sid(line: &str) -> String {
+    let sid = line
+        .strip_prefix("sid ")
+        .unwrap_or_else(|| panic!("first line {line:?}"));
+    assert!(!sid.is_empty() && sid.chars().all(|c| c.is_ascii_alphanumeric()));
+    sid.to_owned()
+}
+
+#[test]
+fn peer_recv_and_peer_dial_send_follow_the_contract() {
+    let (_broker, url) = broker();
+    let dir = temp_dir("recv");
+    let src = temp_dir("send").join("report.bin");
+    let data = write_file(&src, 3 << 20);
+    let sha = sha256_hex(&data);
+
+    let receiver = Proc::spawn(&[
+        "peer",
+        "--broker",
+        &url,
+        "--recv",
+        dir.to_str().unwrap(),
+        "--bind",
+        "127.0.0.1",
+        "--count",
+        "1",
+        "--timeout",
+        "40",
+    ]);
+    let rsid = sid(&receiver.line(Duration::from_secs(10)));
+    let sender = Proc::spawn(&[
+        "peer",
+        "--broker",
+        &url,
+        "--dial",
+        &rsid,
+        "--send",
+        src.to_str().unwrap(),
+        "--bind",
+        "127.0.0.1",
+        "--count",
+        "1",
+        "--timeout",
+        "40",
+    ]);
+    let ssid = sid(&sender.line(Duration::from_secs(10)));
+
+    let (remote, srole) = connected(&sender.line(Duration::from_secs(30)));
+    assert_eq!(
+        remote, rsid,
+        "the sender's link is to the receiver's session"
+    );
+    transfer(
+        &sender.line(Duration::from_secs(40)),
+        "sent",
+        "report.bin",
+        data.len(),
+        &sha,
+    );
+    let (remote, rrole) = connected(&receiver.line(Duration::from_secs(30)));
+    assert_eq!(remote, ssid, "the dial came from the sender's own session");
+    assert_ne!(srole, rrole, "opposite roles");
+    transfer(
+        &receiver.line(Duration::from_secs(40)),
+        "received",
+        "report.bin",
+        data.len(),
+        &sha,
+    );
+    let (code, rest) = sender.finish(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "sender exit; later lines {rest:?}");
+    for l in &rest {
+        assert!(l.starts_with(&format!("closed {rsid} ")), "{l:?}");
+    }
+    let (code, rest) = receiver.finish(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "receiver exit; later lines {rest:?}");
+    for l in &rest {
+        assert!(l.starts_with(&format!("closed {ssid} ")), "{l:?}");
+    }
+    assert_eq!(std::fs::read(dir.join("report.bin")).unwrap(), data);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn two_peers_dialling_each_other_by_tag_end_with_one_link() {
+    let (_broker, url) = broker();
+    let mut procs = Vec::new();
+    let mut files = Vec::new();
+    for name in ["left", "right"] {
+        let dir = temp_dir(name);
+        let src = dir.join(format!("{name}.bin"));
+        let data = write_file(&src, 256 * 1024 + name.len());
+        let out = dir.join("in");
+        std::fs::create_dir_all(&out).unwrap();
+        let p = Proc::spawn(&[
+            "peer",
+            "--broker",
+            &url,
+            "--tag",
+            "room",
+            "--dial-tag",
+            "room",
+            "--send",
+            src.to_str().unwrap(),
+            "--recv",
+            out.to_str().unwrap(),
+            "--bind",
+            "127.0.0.1",
+            "--count",
+            "2",
+            "--timeout",
+            "40",
+        ]);
+        files.push((name, data, out, dir));
+        procs.push(p);
+    }
+    let sids: Vec<String> = procs
+        .iter()
+        .map(|p| sid(&p.line(Duration::from_secs(10))))
+        .collect();
+    let mut roles = Vec::new();
+    for (i, p) in procs.into_iter().enumerate() {
+        let other = 1 - i;
+        let (code, lines) = p.finish(Duration::from_secs(45));
+        assert_eq!(code, Some(0), "peer {i} exit; lines {lines:?}");
+        let conns: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("connected "))
+            .collect();
+        assert_eq!(conns.len(), 1, "exactly one link: {lines:?}");
+        let (remote, role) = connected(conns[0]);
+        assert_eq!(remote, sids[other]);
+        roles.push(role);
+        let (name, data, _, _) = &files[i];
+        let (oname, odata, _, _) = &files[other];
+        let sent = lines
+            .iter()
+            .find(|l| l.starts_with("sent "))
+            .expect("sent line");
+        transfer(
+            sent,
+            "sent",
+            &format!("{name}.bin"),
+            data.len(),
+            &sha256_hex(data),
+        );
+        let got = lines
+            .iter()
+            .find(|l| l.starts_with("received "))
+            .expect("received line");
+        transfer(
+            got,
+            "received",
+            &format!("{oname}.bin"),
+            odata.len(),
+            &sha256_hex(odata),
+        );
+        assert_eq!(
+            &std::fs::read(files[i].2.join(format!("{oname}.bin"))).unwrap(),
+            odata
+        );
+    }
+    assert_ne!(roles[0], roles[1], "opposite roles");
+    for (_, _, _, dir) in files {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn fatal_errors_exit_non_zero_with_one_line() {
+    // A broker that is not there.
+    let out = Command::new(GLARE)
+        .args(["peer", "--broker", "http://127.0.0.1:9", "--timeout", "5"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.lines().any(|l| l.starts_with("glare: ")), "{err}");
+    assert!(out.stdout.is_empty(), "nothing on stdout");
+}
