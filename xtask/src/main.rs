@@ -6,6 +6,7 @@
 //! cargo xtask fuzz [--time SECS] [TARGET]   run fuzz targets (all by default)
 //! cargo xtask netlab [--only N,M]    NAT/loss/relay scenarios in network namespaces
 //! cargo xtask interop [--ci]         glare against Chromium, libdatachannel, libwebrtc, aiortc
+//! cargo xtask bench [--smoke]        criterion benches + glare vs other stacks side by side
 //! ```
 
 use std::{
@@ -18,6 +19,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+mod bench;
 mod bench_broker;
 mod interop;
 mod netlab;
@@ -103,10 +105,11 @@ fn main() -> ExitCode {
         Some("bench-broker") => bench_broker::run(),
         Some("netlab") => netlab::run_cli(&args[1..]),
         Some("interop") => interop::run_cli(&args[1..]),
+        Some("bench") => bench::run_cli(&args[1..]),
         Some("netlab-delay") => netlab::delay(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | stress | fuzz [--time SECS] [TARGET] | layering | bench-broker [--smoke] | netlab [--only N,M] [--all] | interop [--ci] [--cells LIST]>"
+                "usage: cargo xtask <ci | stress | fuzz [--time SECS] [TARGET] | layering | bench-broker [--smoke] | netlab [--only N,M] [--all] | interop [--ci] [--cells LIST] | bench [--smoke] [--stacks LIST] [--no-criterion]>"
             );
             return ExitCode::from(2);
         }
