@@ -306,3 +306,117 @@ fn fatal_errors_exit_non_zero_with_one_line() {
     assert!(err.lines().any(|l| l.starts_with("glare: ")), "{err}");
     assert!(out.stdout.is_empty(), "nothing on stdout");
 }
+
+/// A redis-server on a free loopback port in a temp dir, killed by pid when dropped.
+/// Missing binary → the test fails with how to install it (never skipped).
+struct Redis {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = temp_dir("redis");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}): apt-get install -y redis-server")
+            });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server not listening in 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, dir, port }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Issue 10: two `glare peer`s whose broker URLs point at different nodes of one
+/// Redis-backed cluster find each other and transfer a file.
+#[test]
+fn peers_on_different_broker_nodes_transfer_a_file() {
+    let redis = Redis::start();
+    let url = format!("redis://127.0.0.1:{}/", redis.port);
+    let node = || {
+        let b = Proc::spawn(&["broker", "--listen", "127.0.0.1:0", "--redis", &url]);
+        let first = b.line(Duration::from_secs(10));
+        let addr = first
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("first broker line: {first:?}"))
+            .to_owned();
+        (b, addr)
+    };
+    let (_n1, url1) = node();
+    let (_n2, url2) = node();
+    assert_ne!(url1, url2);
+    let dir = temp_dir("recv-redis");
+    let src = temp_dir("send-redis").join("cluster.bin");
+    let data = write_file(&src, 1 << 20);
+    let sha = sha256_hex(&data);
+    let common = ["--bind", "127.0.0.1", "--count", "1", "--timeout", "40"];
+    let mut args = vec!["peer", "--broker", &url1, "--recv", dir.to_str().unwrap()];
+    args.extend(common);
+    let receiver = Proc::spawn(&args);
+    let rsid = sid(&receiver.line(Duration::from_secs(10)));
+    let mut args = vec!["peer", "--broker", &url2, "--dial", &rsid, "--send"];
+    args.push(src.to_str().unwrap());
+    args.extend(common);
+    let sender = Proc::spawn(&args);
+    let _ssid = sid(&sender.line(Duration::from_secs(10)));
+    let (remote, _) = connected(&sender.line(Duration::from_secs(30)));
+    assert_eq!(remote, rsid);
+    transfer(
+        &sender.line(Duration::from_secs(40)),
+        "sent",
+        "cluster.bin",
+        data.len(),
+        &sha,
+    );
+    let (code, rest) = sender.finish(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "sender exit; later lines {rest:?}");
+    let mut lines = vec![receiver.line(Duration::from_secs(30))];
+    let (code, rest) = receiver.finish(Duration::from_secs(10));
+    lines.extend(rest);
+    assert_eq!(code, Some(0), "receiver exit; lines {lines:?}");
+    let connects: Vec<_> = lines
+        .iter()
+        .filter(|l| l.starts_with("connected "))
+        .collect();
+    assert_eq!(connects.len(), 1, "one link on the receiver: {lines:?}");
+    let received: Vec<_> = lines
+        .iter()
+        .filter(|l| l.starts_with("received "))
+        .collect();
+    assert_eq!(received.len(), 1, "one file received: {lines:?}");
+    transfer(received[0], "received", "cluster.bin", data.len(), &sha);
+    assert_eq!(std::fs::read(dir.join("cluster.bin")).unwrap(), data);
+    let _ = std::fs::remove_dir_all(&dir);
+}
