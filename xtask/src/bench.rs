@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cargo, project_root, run};
+use crate::{bench_broker::replace_section, cargo, project_root, run};
 
 const HEADING: &str = "## Side by side";
 const USAGE: &str = "usage: cargo xtask bench [--smoke] [--stacks glare,ndc,wrtc,aiortc,werift] \
@@ -541,34 +541,6 @@ fn machine() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     format!("Machine: {cpu}, {cores} cores; load average after the run {load}. Date: {date}.")
-}
-
-/// `old` with its `## Side by side` section (up to the next `## ` heading) replaced by
-/// `section`, or `section` appended; a new file gets a title.
-fn replace_section(old: &str, section: &str) -> String {
-    let section = format!("{}\n", section.trim_end());
-    if old.trim().is_empty() {
-        return format!("# Benchmarks\n\n{section}");
-    }
-    let lines: Vec<&str> = old.lines().collect();
-    let Some(start) = lines.iter().position(|l| l.trim_end() == HEADING) else {
-        return format!("{}\n\n{section}", old.trim_end());
-    };
-    let end = lines[start + 1..]
-        .iter()
-        .position(|l| l.starts_with("## "))
-        .map_or(lines.len(), |i| start + 1 + i);
-    let mut out = lines[..start].join("\n");
-    if !out.is_empty() {
-        out.push('\n');
-    }
-    out.push_str(&section);
-    if end < lines.len() {
-        out.push('\n');
-        out.push_str(&lines[end..].join("\n"));
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]

@@ -194,15 +194,17 @@ fn machine() -> String {
     )
 }
 
-/// `old` with its `## Broker` section (up to the next `## ` heading) replaced by
-/// `section`, or `section` appended; a new file gets a title.
-fn replace_section(old: &str, section: &str) -> String {
+/// `old` with the section whose heading is `section`'s first line (up to the next `## `
+/// heading) replaced by `section`, or `section` appended; a new file gets a title.
+/// Shared by every xtask that writes a section of BENCHMARKS.md.
+pub(crate) fn replace_section(old: &str, section: &str) -> String {
+    let heading = section.lines().next().unwrap_or_default().trim_end();
     let section = format!("{}\n", section.trim_end());
     if old.trim().is_empty() {
         return format!("# Benchmarks\n\n{section}");
     }
     let lines: Vec<&str> = old.lines().collect();
-    let Some(start) = lines.iter().position(|l| l.trim_end() == HEADING) else {
+    let Some(start) = lines.iter().position(|l| l.trim_end() == heading) else {
         return format!("{}\n\n{section}", old.trim_end());
     };
     let end = lines[start + 1..]
