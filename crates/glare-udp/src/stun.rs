@@ -157,34 +157,18 @@ impl StunServer {
     /// Resolves the host (tokio's `lookup_host` for a name) to an address of the
     /// socket's family (`ipv4`).
     pub async fn resolve(&self, ipv4: bool) -> Result<SocketAddr, StunError> {
-        let family = if ipv4 { "IPv4" } else { "IPv6" };
-        if let Ok(ip) = self.host.parse::<IpAddr>() {
-            return if ip.is_ipv4() == ipv4 {
-                Ok(SocketAddr::new(ip, self.port))
-            } else {
-                Err(StunError::NoAddress {
+        resolve_host(&self.host, self.port, ipv4)
+            .await
+            .map_err(|e| match e {
+                Unresolved::Lookup(source) => StunError::Resolve {
+                    host: self.host.clone(),
+                    source,
+                },
+                Unresolved::NoAddress(family) => StunError::NoAddress {
                     host: self.host.clone(),
                     family,
-                })
-            };
-        }
-        let addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await
-            .map_err(|source| StunError::Resolve {
-                host: self.host.clone(),
-                source,
-            })?;
-        let mut found = None;
-        for addr in addrs {
-            if addr.is_ipv4() == ipv4 {
-                found = Some(addr);
-                break;
-            }
-        }
-        found.ok_or_else(|| StunError::NoAddress {
-            host: self.host.clone(),
-            family,
-        })
+                },
+            })
     }
 }
 
@@ -457,6 +441,36 @@ fn decode_binding_response(payload: &[u8]) -> Result<Result<SocketAddr, (u16, St
         }
         _ => Err(()),
     }
+}
+
+/// Why [`resolve_host`] found no address.
+pub(crate) enum Unresolved {
+    /// The name lookup failed.
+    Lookup(std::io::Error),
+    /// The host has no address of the family asked for (`"IPv4"` or `"IPv6"`).
+    NoAddress(&'static str),
+}
+
+/// Resolves `host` (an IP literal, or a name through tokio's `lookup_host`) to an
+/// address of the socket's family (`ipv4`): shared by STUN and TURN servers.
+pub(crate) async fn resolve_host(
+    host: &str,
+    port: u16,
+    ipv4: bool,
+) -> Result<SocketAddr, Unresolved> {
+    let family = if ipv4 { "IPv4" } else { "IPv6" };
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return if ip.is_ipv4() == ipv4 {
+            Ok(SocketAddr::new(ip, port))
+        } else {
+            Err(Unresolved::NoAddress(family))
+        };
+    }
+    tokio::net::lookup_host((host, port))
+        .await
+        .map_err(Unresolved::Lookup)?
+        .find(|addr| addr.is_ipv4() == ipv4)
+        .ok_or(Unresolved::NoAddress(family))
 }
 
 #[cfg(test)]

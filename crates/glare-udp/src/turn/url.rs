@@ -1,7 +1,7 @@
 //! ICE server URLs as browsers take them: `stun:`, `turn:` and `turns:` (RFC 7064,
 //! RFC 7065), plus the `RTCIceServer` shape (`urls`, `username`, `credential`).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use crate::{StunError, StunServer, TurnError, UrlError};
 
@@ -205,34 +205,18 @@ impl TurnServer {
 
     /// Resolves the host to an address of the family asked for (`ipv4`).
     pub async fn resolve(&self, ipv4: bool) -> Result<SocketAddr, TurnError> {
-        let family = if ipv4 { "IPv4" } else { "IPv6" };
-        if let Ok(ip) = self.host.parse::<IpAddr>() {
-            return if ip.is_ipv4() == ipv4 {
-                Ok(SocketAddr::new(ip, self.port))
-            } else {
-                Err(TurnError::NoAddress {
+        crate::stun::resolve_host(&self.host, self.port, ipv4)
+            .await
+            .map_err(|e| match e {
+                crate::stun::Unresolved::Lookup(source) => TurnError::Resolve {
+                    host: self.host.clone(),
+                    source,
+                },
+                crate::stun::Unresolved::NoAddress(family) => TurnError::NoAddress {
                     host: self.host.clone(),
                     family,
-                })
-            };
-        }
-        let addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await
-            .map_err(|source| TurnError::Resolve {
-                host: self.host.clone(),
-                source,
-            })?;
-        let mut found = None;
-        for addr in addrs {
-            if addr.is_ipv4() == ipv4 {
-                found = Some(addr);
-                break;
-            }
-        }
-        found.ok_or_else(|| TurnError::NoAddress {
-            host: self.host.clone(),
-            family,
-        })
+                },
+            })
     }
 }
 
