@@ -204,8 +204,10 @@ impl RecvArgs {
 
 /// Something a link task reports to the main loop.
 enum Done {
-    Sent(Report),
-    Received(Report),
+    /// A file was sent and acknowledged (its `sent` line is printed).
+    Sent,
+    /// A file was received and verified (its `received` line is printed).
+    Received,
     Failed(String),
 }
 
@@ -288,7 +290,10 @@ async fn handle_link(conn: Connection, ctx: Arc<Ctx>) {
             let result = file::send_file(&conn, &path, |n| bar.set_position(n)).await;
             bar.finish_and_clear();
             let _ = ctx.done.send(match result {
-                Ok(r) => Done::Sent(r),
+                Ok(r) => {
+                    print_transfer("sent", &r);
+                    Done::Sent
+                }
                 Err(e) => Done::Failed(format!("sending {} failed: {e}", path.display())),
             });
         });
@@ -305,6 +310,12 @@ async fn handle_link(conn: Connection, ctx: Arc<Ctx>) {
         });
     }
     let state = conn.closed().await;
+    // A transfer that completed as the link closed prints its line first: `closed` is
+    // the link's last line (CLI.md). The tasks end with the link; the wait is bounded.
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     println!("closed {remote} {}", state.reason());
     tasks.abort_all();
 }
@@ -319,7 +330,10 @@ async fn serve_channel(chan: DataChannel, ctx: Arc<Ctx>) {
         let result = file::receive_file(chan, Some(&dir), |n| bar.set_position(n)).await;
         bar.finish_and_clear();
         let _ = ctx.done.send(match result {
-            Ok(r) => Done::Received(r),
+            Ok(r) => {
+                print_transfer("received", &r);
+                Done::Received
+            }
             Err(e) => Done::Failed(format!("receiving a file failed: {e}")),
         });
     } else if ctx.echo {
@@ -450,14 +464,7 @@ pub(crate) async fn run(o: Options) -> Result<(), String> {
                 }
             }
             Some(done) = done_rx.recv() => match done {
-                Done::Sent(r) => {
-                    print_transfer("sent", &r);
-                    finished += 1;
-                }
-                Done::Received(r) => {
-                    print_transfer("received", &r);
-                    finished += 1;
-                }
+                Done::Sent | Done::Received => finished += 1,
                 Done::Failed(e) => {
                     if o.count.is_some() {
                         break Err(e);
