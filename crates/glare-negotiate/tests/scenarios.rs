@@ -608,6 +608,20 @@ fn fuzz_body_runs_on_sample_inputs() {
     );
 }
 
+/// Found by `cargo xtask fuzz negotiate_ops`: 120 `advance` ops use up exactly 600 s of
+/// virtual time before a `dial`; the simulator counted its quiescence deadline from the
+/// epoch, not from when `run` was called, and reported a livelock that was not one.
+#[test]
+fn fuzz_regression_time_advanced_before_run() {
+    let data =
+        include_bytes!("../../../fuzz/corpus/negotiate_ops/regression-time-advanced-before-run");
+    let outcome = glare_negotiate::fuzz::run_ops(data, Instant::now(), true).unwrap();
+    assert!(
+        outcome.connected,
+        "the dial must end connected: {outcome:?}"
+    );
+}
+
 /// An engine that applies data channels without SDP once the first exchange is done
 /// (as str0m does on an existing SCTP association), and offers everything else.
 struct Direct {

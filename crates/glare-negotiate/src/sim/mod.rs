@@ -902,9 +902,10 @@ impl Sim {
 
     /// Runs everything (planned actions, deliveries in time order, timers) until
     /// nothing is left to do: quiescence. Fails if that takes more than
-    /// [`SimConfig::max_time`] of virtual time, or if a negotiator refuses a signal.
+    /// [`SimConfig::max_time`] of virtual time from now (not from the epoch: a
+    /// caller may have advanced time before), or if a negotiator refuses a signal.
     pub fn run(&mut self) -> Result<(), SimFailure> {
-        let deadline = self.epoch + self.cfg.max_time;
+        let deadline = self.now + self.cfg.max_time;
         if self.run_until(deadline, true)? {
             return Err(self.fail(format!(
                 "no quiescence within {:?} of virtual time (deadlock or livelock)",
