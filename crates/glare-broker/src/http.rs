@@ -115,11 +115,7 @@ async fn cors(State(app): AppState, req: Request, next: Next) -> Response {
 pub(crate) fn error(app: &App, err: ApiError) -> Response {
     app.metrics.api_error(&err);
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    let body = if err.unavailable {
-        serde_json::json!({"error": "unavailable", "message": err.body.message}).to_string()
-    } else {
-        serde_json::to_string(&err.body).unwrap_or_default()
-    };
+    let body = serde_json::to_string(&err.body).unwrap_or_default();
     let mut res = (status, json_headers(), body).into_response();
     if let Some(wait) = err.retry_after {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

@@ -15,8 +15,6 @@ pub(crate) struct Metrics {
     pub(crate) messages: AtomicU64,
     pub(crate) bytes: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
-    /// 503s: the shared registry (Redis) was unreachable.
-    unavailable: AtomicU64,
 }
 
 impl Metrics {
@@ -26,11 +24,7 @@ impl Metrics {
     }
 
     pub(crate) fn api_error(&self, err: &crate::registry::ApiError) {
-        if err.unavailable {
-            self.unavailable.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.error(err.body.error);
-        }
+        self.error(err.body.error);
     }
 
     pub(crate) fn error(&self, code: ErrorCode) {
@@ -90,11 +84,6 @@ impl Metrics {
                 n.load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(
-            out,
-            "glare_http_errors_total{{code=\"unavailable\"}} {}",
-            self.unavailable.load(Ordering::Relaxed)
-        );
         out
     }
 }

@@ -34,12 +34,8 @@ use tokio::sync::mpsc;
 pub struct ApiError {
     /// Code and text.
     pub body: ErrorBody,
-    /// For `rate_limited`: how long until a send would pass.
+    /// For `rate_limited` and `unavailable`: how long until trying again may pass.
     pub retry_after: Option<Duration>,
-    /// The shared registry (Redis) could not be reached: answered as
-    /// `503 {"error":"unavailable","message":…}` with `Retry-After`, whatever `body.error`
-    /// says (PROTOCOL.md's table has no 503 code yet).
-    pub unavailable: bool,
 }
 
 impl From<ErrorBody> for ApiError {
@@ -47,7 +43,6 @@ impl From<ErrorBody> for ApiError {
         Self {
             body,
             retry_after: None,
-            unavailable: false,
         }
     }
 }
@@ -61,32 +56,23 @@ impl ApiError {
     pub fn unavailable(why: impl fmt::Display) -> Self {
         Self {
             body: ErrorBody::new(
-                ErrorCode::BadRequest,
+                ErrorCode::Unavailable,
                 format!(
                     "the broker's shared registry (Redis) is unavailable ({why}); retry shortly"
                 ),
             ),
             retry_after: Some(Duration::from_secs(1)),
-            unavailable: true,
         }
     }
 
     /// The HTTP status of this error.
     pub fn status(&self) -> u16 {
-        if self.unavailable {
-            503
-        } else {
-            self.body.error.status()
-        }
+        self.body.error.status()
     }
 
-    /// The error code string (`unavailable` for a 503).
+    /// The error code string.
     pub fn code(&self) -> String {
-        if self.unavailable {
-            "unavailable".to_owned()
-        } else {
-            self.body.error.to_string()
-        }
+        self.body.error.to_string()
     }
 }
 
@@ -535,7 +521,6 @@ impl MemoryRegistry {
                     ),
                 ),
                 retry_after: Some(wait),
-                unavailable: false,
             })
         }
     }

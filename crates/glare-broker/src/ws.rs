@@ -221,12 +221,6 @@ async fn on_client(
 async fn handle_send(app: &App, cid: &str, text: &str) -> String {
     let fail = |r#ref: String, err: ApiError| {
         app.metrics.api_error(&err);
-        if err.unavailable {
-            let message = serde_json::to_string(&err.body.message).unwrap_or_default();
-            return format!(
-                r#"{{"event":"error","ref":{ref},"error":"unavailable","message":{message},"retryAfterMs":1000}}"#
-            );
-        }
         WsServerFrame::Error {
             r#ref,
             error: err.body,

@@ -68,6 +68,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Transport(_))
             || self.code() == Some(ErrorCode::RateLimited)
+            || self.code() == Some(ErrorCode::Unavailable)
             || matches!(self, Self::Status { status, .. } if *status >= 500)
     }
 }

@@ -56,11 +56,15 @@ pub enum ErrorCode {
     TooLarge,
     /// 429: the sending channel is over its rate.
     RateLimited,
+    /// 503: the broker's shared registry (the Redis backplane of a multi-node broker)
+    /// cannot be reached; `Retry-After` set. Not in PROTOCOL.md §1's table, which
+    /// describes one node: an addition for brokers run as several nodes.
+    Unavailable,
 }
 
 impl ErrorCode {
     /// Every code, in table order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::BadRequest,
         Self::Forbidden,
         Self::NotFound,
@@ -68,6 +72,7 @@ impl ErrorCode {
         Self::LimitReached,
         Self::TooLarge,
         Self::RateLimited,
+        Self::Unavailable,
     ];
 
     /// The HTTP status answered with this code.
@@ -80,6 +85,7 @@ impl ErrorCode {
             Self::LimitReached => 409,
             Self::TooLarge => 413,
             Self::RateLimited => 429,
+            Self::Unavailable => 503,
         }
     }
 
@@ -93,6 +99,7 @@ impl ErrorCode {
             Self::LimitReached => "limit_reached",
             Self::TooLarge => "too_large",
             Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
         }
     }
 
@@ -913,7 +920,7 @@ mod tests {
     #[test]
     fn error_codes() {
         let statuses: Vec<u16> = ErrorCode::ALL.iter().map(|c| c.status()).collect();
-        assert_eq!(statuses, [400, 403, 404, 405, 409, 413, 429]);
+        assert_eq!(statuses, [400, 403, 404, 405, 409, 413, 429, 503]);
         for code in ErrorCode::ALL {
             assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
             assert_eq!(ErrorCode::from_status(code.status()), Some(code));
@@ -1091,6 +1098,9 @@ mod tests {
             r#"{"event":"ack","ref":"r-1"}"#,
             r#"{"event":"error","ref":42,"error":"not_found","message":"no such target"}"#,
             r#"{"event":"error","ref":null,"error":"rate_limited","message":"slow down","retryAfterMs":5}"#,
+            // A multi-node broker whose Redis is down (the fuzzer found clients could not
+            // parse this frame before the code existed).
+            r#"{"event":"error","ref":1,"error":"unavailable","message":"backplane down","retryAfterMs":1000}"#,
         ];
         for f in frames {
             let parsed = WsServerFrame::parse(f).unwrap();
