@@ -14,8 +14,8 @@ use axum::{
 use futures_util::stream;
 use glare_proto::{
     broker::{
-        ChannelAuth, CreateSession, ErrorBody, ErrorCode, Send, SessionCreated, UpdateSession,
-        compact_raw, parse_request,
+        self, ChannelAuth, CreateSession, ErrorBody, ErrorCode, Send, SessionCreated,
+        UpdateSession, compact_raw, parse_request,
     },
     filter::Filter,
     sse::{encode_comment, encode_event},
@@ -224,34 +224,15 @@ pub(crate) fn resume_from(
         ),
         None => None,
     };
-    match (query.cid, query.key) {
-        // A new channel: an id left over from an earlier stream means nothing here.
-        (None, None) => Ok(None),
-        (Some(cid), Some(key)) => {
-            let last_event_id = match header_id.or(query.last_event_id) {
-                None => 0,
-                Some(text) => parse_event_id(&text)?,
-            };
-            Ok(Some(Resume {
-                auth: ChannelAuth { cid, key },
-                last_event_id,
-            }))
-        }
-        _ => Err(ErrorBody::bad_request("a resume needs both `cid` and `key`").into()),
-    }
-}
-
-fn parse_event_id(text: &str) -> Result<u64, ApiError> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ErrorBody::bad_request(format!(
-            "the last event id {:?} is not a non-negative integer",
-            text.chars().take(40).collect::<String>()
-        ))
-        .into());
-    }
-    text.parse().map_err(|_| {
-        ErrorBody::bad_request(format!("the last event id {text} is out of range")).into()
-    })
+    let resume = broker::parse_resume(
+        query.cid,
+        query.key,
+        header_id.or(query.last_event_id).as_deref(),
+    )?;
+    Ok(resume.map(|(auth, last_event_id)| Resume {
+        auth,
+        last_event_id,
+    }))
 }
 
 /// Parses a request's query string into `T` (400 naming the problem).

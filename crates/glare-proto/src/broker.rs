@@ -253,6 +253,49 @@ impl fmt::Debug for ChannelAuth {
     }
 }
 
+/// What `GET /channel` and `GET /ws` ask for (§1.1): `Ok(None)` opens a new channel,
+/// `Ok(Some((auth, last)))` resumes `auth.cid` after event id `last` (0: none seen).
+///
+/// `cid` and `key` come from the query and go together; `last_event_id` is the
+/// `Last-Event-ID` header if present, else the query's `lastEventId`. On a new channel
+/// a left-over event id means nothing and is ignored. The id must be a non-negative
+/// decimal integer that fits in 64 bits.
+pub fn parse_resume(
+    cid: Option<String>,
+    key: Option<String>,
+    last_event_id: Option<&str>,
+) -> Result<Option<(ChannelAuth, u64)>, ErrorBody> {
+    match (cid, key) {
+        (None, None) => Ok(None),
+        (Some(cid), Some(key)) => {
+            let last = match last_event_id {
+                None => 0,
+                Some(text) => parse_event_id(text)?,
+            };
+            Ok(Some((ChannelAuth { cid, key }, last)))
+        }
+        _ => Err(ErrorBody::bad_request(
+            "a resume needs both `cid` and `key`",
+        )),
+    }
+}
+
+/// An SSE event id as a client echoes it back: digits only, at most `u64::MAX`.
+pub fn parse_event_id(text: &str) -> Result<u64, ErrorBody> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ErrorBody::bad_request(format!(
+            "the last event id {:?} is not a non-negative integer",
+            text.chars().take(40).collect::<String>()
+        )));
+    }
+    text.parse().map_err(|_| {
+        ErrorBody::bad_request(format!(
+            "the last event id {} is out of range",
+            text.chars().take(40).collect::<String>()
+        ))
+    })
+}
+
 /// The data of the `channel` event.
 pub type ChannelEvent = ChannelAuth;
 /// The body of `POST /channel/close`.
@@ -915,6 +958,57 @@ mod tests {
         assert_eq!((l.max_sessions_per_channel, l.buffer), (8, 256));
         assert_eq!((l.grace.as_secs(), l.keep_alive.as_secs()), (30, 15));
         assert_eq!((l.rate_per_sec, l.rate_burst), (200, 400));
+    }
+
+    #[test]
+    fn resume_parsing() {
+        let (c, k) = (Some("c1".to_owned()), Some("k1".to_owned()));
+        assert_eq!(parse_resume(None, None, Some("junk")).unwrap(), None);
+        let (auth, last) = parse_resume(c.clone(), k.clone(), None).unwrap().unwrap();
+        assert_eq!(
+            (auth.cid.as_str(), auth.key.as_str(), last),
+            ("c1", "k1", 0)
+        );
+        let (_, last) = parse_resume(c.clone(), k.clone(), Some("0042"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(last, 42);
+        let max = u64::MAX.to_string();
+        assert_eq!(
+            parse_resume(c.clone(), k.clone(), Some(&max))
+                .unwrap()
+                .unwrap()
+                .1,
+            u64::MAX
+        );
+        for (cid, key, id, needle) in [
+            (c.clone(), None, None, "both"),
+            (None, k.clone(), None, "both"),
+            (c.clone(), k.clone(), Some(""), "not a non-negative"),
+            (c.clone(), k.clone(), Some("-1"), "not a non-negative"),
+            (c.clone(), k.clone(), Some("+1"), "not a non-negative"),
+            (c.clone(), k.clone(), Some("1e3"), "not a non-negative"),
+            (
+                c.clone(),
+                k.clone(),
+                Some("18446744073709551616"),
+                "out of range",
+            ),
+            (
+                c,
+                k,
+                Some(&"9".repeat(10_000)),
+                "out of range",
+            ),
+        ] {
+            let e = parse_resume(cid, key, id).unwrap_err();
+            assert_eq!(e.error, ErrorCode::BadRequest);
+            assert!(e.message.contains(needle), "{e}");
+            assert!(
+                e.message.len() < 200,
+                "the message echoes at most 40 chars: {e}"
+            );
+        }
     }
 
     #[test]

@@ -399,6 +399,37 @@ fn check_tags(tags: &[Tag], result: Result<(), ErrorBody>, l: &Limits, metadata:
 /// extractor does: a `filter` that parses prints as text that needs no escaping in a
 /// URL and parses back to the same filter.
 fn query(text: &str) {
+    // `GET /channel` and `GET /ws`: the resume fields (the last of each name wins, as
+    // in a query decoder that keeps one value).
+    let (mut cid, mut key, mut last) = (None, None, None);
+    for pair in text.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match form_decode(name).as_str() {
+            "cid" => cid = Some(form_decode(value)),
+            "key" => key = Some(form_decode(value)),
+            "lastEventId" => last = Some(form_decode(value)),
+            _ => {}
+        }
+    }
+    let both = cid.is_some() && key.is_some();
+    let neither = cid.is_none() && key.is_none();
+    match crate::broker::parse_resume(cid, key, last.as_deref()) {
+        Ok(None) => assert!(neither, "a half resume opened a new channel"),
+        Ok(Some((_, id))) => {
+            assert!(both);
+            if let Some(text) = &last {
+                assert_eq!(
+                    text.trim_start_matches('0'),
+                    id.to_string().trim_start_matches('0')
+                );
+            }
+        }
+        Err(e) => {
+            assert_eq!(e.error, ErrorCode::BadRequest, "{e}");
+            assert!(!neither, "a new channel refused: {e}");
+        }
+    }
+    // `GET /list` and `/watch`: the filter.
     for pair in text.split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if form_decode(name) != "filter" {
