@@ -5,7 +5,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use glare_proto::sdp::ice_ufrag;
-use glare_proto::signal::{Bye, IceCandidate, SdpKind, SessionDescription, Signal, TieBreaker};
+use glare_proto::signal::{
+    Bye, IceCandidate, MAX_SIGNAL_LEN, SdpKind, SessionDescription, Signal, TieBreaker,
+};
 use tracing::debug;
 
 use crate::change::{Change, ChangeId, QueuedChange};
@@ -131,6 +133,18 @@ pub enum FailReason {
     /// The local engine failed to create a description (local fault).
     #[error("local SDP engine failed: {0}")]
     Engine(String),
+    /// A local description grew too large to travel in one signal (at most
+    /// [`MAX_SIGNAL_LEN`] bytes encoded, PROTOCOL.md §1): every media line adds to
+    /// every later description, so this is too many media tracks on one link.
+    #[error(
+        "the local {kind} is a {len}-byte signal, more than the {MAX_SIGNAL_LEN}-byte limit (too many media lines)"
+    )]
+    DescriptionTooLarge {
+        /// Offer or answer.
+        kind: SdpKind,
+        /// The encoded signal's length in bytes.
+        len: usize,
+    },
 }
 
 /// Something the application should know about.
@@ -662,8 +676,18 @@ impl<R: RandomSource> Negotiator<R> {
             self.fail(FailReason::Engine("offer has no a=ice-ufrag".into()));
             return self.signals.pop_front();
         };
-        self.local_ufrag = Some(ufrag.to_owned());
         let tie_breaker = self.tie_breaker.expect("a started link has a tie-breaker");
+        if let Some(len) = too_large(SdpKind::Offer, &sdp, tie_breaker) {
+            // The peer would drop it (and the broker refuse it): fail now, clearly,
+            // rather than wait for an answer that cannot come.
+            engine.rollback();
+            self.fail(FailReason::DescriptionTooLarge {
+                kind: SdpKind::Offer,
+                len,
+            });
+            return self.signals.pop_front();
+        }
+        self.local_ufrag = Some(ufrag.to_owned());
         debug!(changes = self.queue.len(), "offer sent");
         self.outstanding = Some(Outstanding {
             carried: self.queue.len(),
@@ -976,11 +1000,20 @@ impl<R: RandomSource> Negotiator<R> {
                 "answer has no a=ice-ufrag".into(),
             ));
         };
+        let tie_breaker = self.tie_breaker.expect("a started link has a tie-breaker");
+        if let Some(len) = too_large(SdpKind::Answer, &answer, tie_breaker) {
+            let reason = FailReason::DescriptionTooLarge {
+                kind: SdpKind::Answer,
+                len,
+            };
+            let text = reason.to_string();
+            self.fail(reason);
+            return Err(HandleSignalError::LocalEngine(text));
+        }
         self.local_ufrag = Some(local_ufrag.to_owned());
         self.current_local_ufrag = Some(local_ufrag.to_owned());
         self.descriptions.current_remote = Some(sdp);
         self.descriptions.current_local = Some(answer.clone());
-        let tie_breaker = self.tie_breaker.expect("a started link has a tie-breaker");
         debug!("answer sent");
         self.signals.push_back(Signal::Description {
             description: SessionDescription {
@@ -1115,4 +1148,23 @@ impl fmt::Display for SignalingState {
             Self::HaveRemoteOffer => "have-remote-offer",
         })
     }
+}
+
+/// The encoded length of the description signal for `sdp` when it exceeds
+/// [`MAX_SIGNAL_LEN`] (the limit of the broker and of [`Signal::decode`]).
+fn too_large(kind: SdpKind, sdp: &str, tie_breaker: TieBreaker) -> Option<usize> {
+    // The JSON escapes (`\r\n`) only lengthen it: a short SDP needs no encoding.
+    if sdp.len() < MAX_SIGNAL_LEN / 2 {
+        return None;
+    }
+    let len = Signal::Description {
+        description: SessionDescription {
+            kind,
+            sdp: sdp.to_owned(),
+        },
+        tie_breaker,
+    }
+    .encode()
+    .len();
+    (len > MAX_SIGNAL_LEN).then_some(len)
 }

@@ -734,3 +734,109 @@ fn changes_applied_without_an_offer() {
     }));
     assert_eq!(a.stats().applied_without_offer, 1);
 }
+
+/// An engine whose descriptions carry `lines` media-sized lines each: every media
+/// line added to a session makes every later description longer.
+struct Growing {
+    ufrag: &'static str,
+    offer_lines: usize,
+    answer_lines: usize,
+    rolled_back: bool,
+}
+
+impl Growing {
+    fn sdp(&self, lines: usize) -> String {
+        let mut sdp = format!("v=0\r\na=ice-ufrag:{}\r\n", self.ufrag);
+        for i in 0..lines {
+            sdp.push_str(&format!("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:{i}\r\n"));
+        }
+        sdp
+    }
+}
+
+impl glare_negotiate::SdpEngine for Growing {
+    type Error = String;
+    fn create_offer(
+        &mut self,
+        _changes: &[glare_negotiate::QueuedChange],
+    ) -> Result<Option<String>, String> {
+        Ok(Some(self.sdp(self.offer_lines)))
+    }
+    fn accept_offer(&mut self, _offer: &str) -> Result<String, String> {
+        Ok(self.sdp(self.answer_lines))
+    }
+    fn accept_answer(&mut self, _answer: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn rollback(&mut self) {
+        self.rolled_back = true;
+    }
+    fn add_remote_candidate(&mut self, _c: &IceCandidate) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The cause of the facade's media-glare timeout: after about 25 media lines
+/// str0m's offer no longer fit in a 64 KiB signal, the peer dropped it, and the
+/// offerer waited for an answer until its answer timeout. Now a description too
+/// large to send fails the link at once, with the reason.
+#[test]
+fn a_description_too_large_for_a_signal_fails_the_link_at_once() {
+    let now = Instant::now();
+    let fits = 1000; // ~46 KB
+    let too_many = 2000; // ~92 KB
+    let mk = |ufrag, offer_lines, answer_lines| Growing {
+        ufrag,
+        offer_lines,
+        answer_lines,
+        rolled_back: false,
+    };
+
+    // Offer side.
+    let mut a = Negotiator::with_seed(Config::default(), 1);
+    let mut ea = mk("aaaa", too_many, 0);
+    a.request(Change::AddMedia {
+        kind: MediaKind::Audio,
+        direction: Direction::SendRecv,
+    })
+    .unwrap();
+    a.dial(now).unwrap();
+    let signals: Vec<Signal> = std::iter::from_fn(|| a.poll_signal(now, &mut ea)).collect();
+    assert!(
+        matches!(signals.as_slice(), [Signal::Bye(_)]),
+        "no offer goes out, a bye does: {signals:?}"
+    );
+    assert!(ea.rolled_back, "the engine's pending offer is rolled back");
+    assert_eq!(a.link_state(), LinkState::Failed);
+    assert_eq!(a.stats().offers_sent, 0);
+    let failed: Vec<Event> = std::iter::from_fn(|| a.poll_event())
+        .filter(|e| matches!(e, Event::Failed(_)))
+        .collect();
+    let [Event::Failed(FailReason::DescriptionTooLarge { kind, len })] = failed.as_slice() else {
+        panic!("{failed:?}");
+    };
+    assert_eq!(*kind, SdpKind::Offer);
+    assert!(*len > glare_proto::signal::MAX_SIGNAL_LEN, "{len}");
+
+    // Answer side: a fitting offer whose answer does not fit.
+    let mut a = Negotiator::with_seed(Config::default(), 2);
+    let mut ea = mk("aaaa", fits, 0);
+    let mut b = Negotiator::with_seed(Config::default(), 3);
+    let mut eb = mk("bbbb", 0, too_many);
+    a.request(channel("data")).unwrap();
+    a.dial(now).unwrap();
+    let offer = a.poll_signal(now, &mut ea).expect("the offer fits");
+    assert!(matches!(offer, Signal::Description { .. }), "{offer:?}");
+    assert!(offer.encode().len() <= glare_proto::signal::MAX_SIGNAL_LEN);
+    let err = b.handle_signal(now, offer, &mut eb).unwrap_err();
+    assert!(!err.is_peer_fault(), "{err:?}");
+    assert_eq!(b.link_state(), LinkState::Failed);
+    assert!(matches!(b.poll_signal(now, &mut eb), Some(Signal::Bye(_))));
+    assert!(std::iter::from_fn(|| b.poll_event()).any(|e| matches!(
+        e,
+        Event::Failed(FailReason::DescriptionTooLarge {
+            kind: SdpKind::Answer,
+            ..
+        })
+    )));
+}

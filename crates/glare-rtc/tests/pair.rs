@@ -969,3 +969,46 @@ fn peer_faults_are_errors_not_panics() {
     });
     assert!(p.peers[0].is_connected());
 }
+
+/// The facade's media-glare "answer timeout": str0m's descriptions grow by about
+/// 2.5 KB per media line, and past about 25 lines an offer no longer fits in one
+/// 64 KiB signal; the peer dropped it and the offerer waited out its answer
+/// timeout. Now the offerer fails the link at once, saying why.
+#[test]
+fn too_many_media_lines_fail_the_link_at_once_with_the_reason() {
+    let mut p = Pair::new(41);
+    p.peers[0].dial(p.now).unwrap();
+    p.run_until(Duration::from_secs(10), |p| {
+        p.connected(0) && p.connected(1) && stable_and_empty(p)
+    });
+    for i in 0..30 {
+        let kind = if i % 2 == 0 {
+            MediaKind::Audio
+        } else {
+            MediaKind::Video
+        };
+        p.peers[0].add_track(kind, Direction::SendRecv).unwrap();
+    }
+    let since = p.now;
+    p.run_until(Duration::from_secs(20), |p| {
+        p.events[1].iter().any(|e| {
+            matches!(
+                e,
+                Event::Negotiation(NegEvent::Closed {
+                    by_remote: true,
+                    ..
+                })
+            )
+        })
+    });
+    assert!(
+        p.now - since < Duration::from_secs(1),
+        "at once, not after the answer timeout"
+    );
+    assert!(p.events[0].iter().any(|e| matches!(
+        e,
+        Event::Negotiation(NegEvent::Failed(
+            glare_negotiate::FailReason::DescriptionTooLarge { .. }
+        ))
+    )));
+}

@@ -59,6 +59,78 @@ pub struct Stats {
     pub rtt: Option<Duration>,
     /// The selected candidate pair `(local, remote)`, as of the latest refresh.
     pub selected_pair: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    /// The selected candidate pair with its candidate types, as of the latest refresh
+    /// (refreshed about once a second, so `None` for a moment after connecting).
+    pub candidate_pair: Option<CandidatePair>,
+}
+
+/// An ICE candidate type, named as in SDP (`typ host` …).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CandidateType {
+    /// An address of a local interface.
+    Host,
+    /// A public address learnt from a STUN server.
+    ServerReflexive,
+    /// An address learnt from a connectivity check (never signalled).
+    PeerReflexive,
+    /// An address on a TURN server.
+    Relay,
+}
+
+impl CandidateType {
+    /// The SDP name: `host`, `srflx`, `prflx` or `relay`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::ServerReflexive => "srflx",
+            Self::PeerReflexive => "prflx",
+            Self::Relay => "relay",
+        }
+    }
+
+    fn from_str0m(kind: glare_rtc::str0m::CandidateKind) -> Self {
+        use glare_rtc::str0m::CandidateKind as K;
+        match kind {
+            K::Host => Self::Host,
+            K::ServerReflexive => Self::ServerReflexive,
+            K::PeerReflexive => Self::PeerReflexive,
+            K::Relayed => Self::Relay,
+        }
+    }
+}
+
+impl std::fmt::Display for CandidateType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The ICE candidate pair a link uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CandidatePair {
+    /// The local candidate's address.
+    pub local: std::net::SocketAddr,
+    /// The remote candidate's address.
+    pub remote: std::net::SocketAddr,
+    /// The local candidate's type (peer-reflexive when this side never added it).
+    pub local_type: CandidateType,
+    /// The remote candidate's type (peer-reflexive when it was never signalled).
+    pub remote_type: CandidateType,
+}
+
+impl From<glare_rtc::CandidatePair> for CandidatePair {
+    fn from(p: glare_rtc::CandidatePair) -> Self {
+        Self {
+            local: p.local,
+            remote: p.remote,
+            local_type: p
+                .local_kind
+                .map_or(CandidateType::PeerReflexive, CandidateType::from_str0m),
+            remote_type: CandidateType::from_str0m(p.remote_kind),
+        }
+    }
 }
 
 /// One peer-to-peer link: its state and role, its data channels.
@@ -351,6 +423,7 @@ impl Connection {
                     frames_received: r.frames_received,
                     rtt: r.rtt,
                     selected_pair: r.selected_pair.map(|p| (p.local, p.remote)),
+                    candidate_pair: r.selected_pair.map(CandidatePair::from),
                 }
             })
             .await?)

@@ -92,7 +92,7 @@ pub mod transport;
 
 pub use channel::{ChannelSender, ChannelStream, DataChannel, Message, STREAM_CHUNK};
 pub use config::{Config, IceServer};
-pub use connection::{Connection, Stats};
+pub use connection::{CandidatePair, CandidateType, Connection, Stats};
 pub use error::{Error, ErrorKind};
 pub use glare_negotiate::Role;
 pub use glare_rtc::{ChannelOptions, Direction, MediaKind, Reliability};

@@ -1,6 +1,6 @@
 //! [`Peer`]: a broker channel, a UDP endpoint, sessions and links.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -28,6 +28,8 @@ enum Cmd {
     },
     Signal {
         key: Key,
+        /// The link's [`Connection::id`].
+        id: u64,
         signal: Signal,
     },
     Forget {
@@ -103,6 +105,7 @@ impl Peer {
             cmd_tx: cmd_tx.clone(),
             incoming: incoming_tx,
             links: HashMap::new(),
+            order: SignalOrder::default(),
             sessions: Arc::clone(&sessions),
             cid: cid.clone(),
             broker_gone: false,
@@ -236,6 +239,7 @@ struct PeerTask {
     cmd_tx: mpsc::UnboundedSender<Cmd>,
     incoming: mpsc::UnboundedSender<Connection>,
     links: HashMap<Key, LinkEntry>,
+    order: SignalOrder,
     sessions: Arc<StdMutex<Vec<String>>>,
     cid: String,
     broker_gone: bool,
@@ -322,10 +326,17 @@ impl PeerTask {
                 }
                 let _ = reply.send(result.map_err(Error::from));
             }
-            Cmd::Signal { key, signal } => self.send_signal(key, signal).await,
+            Cmd::Signal { key, id, signal } => {
+                if let Some(signal) = self.order.signal(&key, id, signal) {
+                    self.send_signal(key, signal).await;
+                }
+            }
             Cmd::Forget { key, id } => {
                 if self.links.get(&key).is_some_and(|e| e.conn.id() == id) {
                     self.links.remove(&key);
+                }
+                for signal in self.order.ended(&key, id) {
+                    self.send_signal(key.clone(), signal).await;
                 }
             }
             Cmd::Close { .. } => {}
@@ -424,6 +435,7 @@ impl PeerTask {
             key.clone(),
         ));
         debug!(local = %key.0, remote = %key.1, dial, "link started");
+        self.order.started(&key, conn.id());
         self.links.insert(
             key,
             LinkEntry {
@@ -436,6 +448,70 @@ impl PeerTask {
     }
 }
 
+/// Keeps the broker signals of successive links between the same two addresses in
+/// link order. The remote tells those links apart only by the order of their
+/// signals (a `bye` before any description belongs to an earlier link), so an old
+/// link's last signals (its `bye`) must never follow a newer link's offer or answer;
+/// each link's signals come from its own task, so without this they could.
+#[derive(Debug, Default)]
+struct SignalOrder {
+    /// Per address pair, the links whose task has not ended yet (ids grow with age).
+    alive: HashMap<Key, BTreeSet<u64>>,
+    /// Signals held back until the older links are done, per link id.
+    held: HashMap<Key, BTreeMap<u64, Vec<Signal>>>,
+}
+
+impl SignalOrder {
+    /// Link `id` between `key` started (ids must grow with age).
+    fn started(&mut self, key: &Key, id: u64) {
+        self.alive.entry(key.clone()).or_default().insert(id);
+    }
+
+    /// A signal of link `id`: returned to send now, or held while an older link
+    /// between the same addresses has not ended.
+    fn signal(&mut self, key: &Key, id: u64, signal: Signal) -> Option<Signal> {
+        let oldest = self.alive.get(key).and_then(|a| a.first().copied());
+        if oldest.is_none_or(|oldest| oldest >= id) {
+            return Some(signal);
+        }
+        debug!(remote = %key.1, "signal held until the earlier link is done");
+        self.held
+            .entry(key.clone())
+            .or_default()
+            .entry(id)
+            .or_default()
+            .push(signal);
+        None
+    }
+
+    /// Link `id` ended (all its signals were passed to [`signal`](Self::signal)):
+    /// the held signals that may go now, in order.
+    fn ended(&mut self, key: &Key, id: u64) -> Vec<Signal> {
+        let mut oldest = None;
+        if let Some(alive) = self.alive.get_mut(key) {
+            alive.remove(&id);
+            oldest = alive.first().copied();
+            if alive.is_empty() {
+                self.alive.remove(key);
+            }
+        }
+        let mut ready = Vec::new();
+        if let Some(held) = self.held.get_mut(key) {
+            // Every link up to the oldest one alive may send, oldest first.
+            while let Some(entry) = held.first_entry() {
+                if oldest.is_some_and(|oldest| *entry.key() > oldest) {
+                    break;
+                }
+                ready.extend(entry.remove());
+            }
+            if held.is_empty() {
+                self.held.remove(key);
+            }
+        }
+        ready
+    }
+}
+
 /// Carries one link's signals: out to the peer task (which sends them through the
 /// broker), in from the broker to the link, in order both ways.
 async fn link_task(
@@ -445,28 +521,85 @@ async fn link_task(
     cmd: mpsc::UnboundedSender<Cmd>,
     key: Key,
 ) {
+    let id = conn.id();
+    let mut inbox_open = true;
     loop {
         tokio::select! {
             s = signals.next() => match s {
                 Some(signal) => {
-                    let _ = cmd.send(Cmd::Signal { key: key.clone(), signal });
+                    let _ = cmd.send(Cmd::Signal { key: key.clone(), id, signal });
                 }
                 None => break,
             },
-            s = inbox.recv() => match s {
+            s = inbox.recv(), if inbox_open => match s {
                 Some(signal) => {
                     if conn.handle_signal(signal).await.is_err() {
                         // The link is gone from the reactor; its last signals are
                         // still in `signals`.
                         while let Some(signal) = signals.try_next() {
-                            let _ = cmd.send(Cmd::Signal { key: key.clone(), signal });
+                            let _ = cmd.send(Cmd::Signal { key: key.clone(), id, signal });
                         }
                         break;
                     }
                 }
-                None => return,
+                // A newer link replaced this one: its last signals (a `bye`) still
+                // go out, before the newer link's (see `PeerTask::alive`).
+                None => inbox_open = false,
             },
         }
     }
-    let _ = cmd.send(Cmd::Forget { key, id: conn.id() });
+    let _ = cmd.send(Cmd::Forget { key, id });
+}
+
+#[cfg(test)]
+mod tests {
+    use glare_proto::signal::Bye;
+
+    use super::*;
+
+    fn bye(reason: &str) -> Signal {
+        Signal::Bye(Bye {
+            reason: Some(reason.into()),
+        })
+    }
+
+    /// The cause of the 200-round glare flake: a closed link's `bye` went out after
+    /// the next link's offer, and the remote took it for the new link's.
+    #[test]
+    fn a_newer_links_signals_wait_for_the_older_links_bye() {
+        let key: Key = ("a".into(), "b".into());
+        let other: Key = ("a".into(), "c".into());
+        let mut order = SignalOrder::default();
+        order.started(&key, 1);
+        order.started(&key, 2);
+        order.started(&other, 3);
+        // The newer link's first signal comes before the old link's last one.
+        assert_eq!(order.signal(&key, 2, bye("new 1")), None);
+        assert_eq!(order.signal(&key, 2, bye("new 2")), None);
+        // Other addresses are not held up.
+        assert_eq!(order.signal(&other, 3, bye("c")), Some(bye("c")));
+        // The old link's bye goes at once; the new link's follow when it ends.
+        assert_eq!(order.signal(&key, 1, bye("old")), Some(bye("old")));
+        assert_eq!(order.ended(&key, 1), vec![bye("new 1"), bye("new 2")]);
+        // From then on the new link sends directly.
+        assert_eq!(order.signal(&key, 2, bye("new 3")), Some(bye("new 3")));
+        assert!(order.ended(&key, 2).is_empty());
+        assert!(!order.alive.contains_key(&key) && order.held.is_empty());
+    }
+
+    #[test]
+    fn three_links_in_a_row_release_in_link_order() {
+        let key: Key = ("a".into(), "b".into());
+        let mut order = SignalOrder::default();
+        for id in [1, 2, 3] {
+            order.started(&key, id);
+        }
+        assert_eq!(order.signal(&key, 3, bye("3")), None);
+        assert_eq!(order.signal(&key, 2, bye("2")), None);
+        // Link 1 ends: link 2 is now the oldest and goes; link 3 still waits.
+        assert_eq!(order.ended(&key, 1), vec![bye("2")]);
+        assert_eq!(order.signal(&key, 3, bye("3b")), None);
+        assert_eq!(order.ended(&key, 2), vec![bye("3"), bye("3b")]);
+        assert!(order.ended(&key, 3).is_empty());
+    }
 }

@@ -3,7 +3,7 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 const GLARE: &str = env!("CARGO_BIN_EXE_glare");
@@ -12,6 +12,8 @@ const GLARE: &str = env!("CARGO_BIN_EXE_glare");
 struct Proc {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Every stderr line so far (also copied to the test's stderr).
+    errors: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proc {
@@ -20,10 +22,22 @@ impl Proc {
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn glare");
         let stdout: ChildStdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        {
+            let errors = Arc::clone(&errors);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("{line}");
+                    errors.lock().unwrap().push(line);
+                }
+            });
+        }
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -33,7 +47,11 @@ impl Proc {
                 }
             }
         });
-        Self { child, lines }
+        Self {
+            child,
+            lines,
+            errors,
+        }
     }
 
     fn line(&self, within: Duration) -> String {
@@ -419,4 +437,121 @@ fn peers_on_different_broker_nodes_transfer_a_file() {
     transfer(received[0], "received", "cluster.bin", data.len(), &sha);
     assert_eq!(std::fs::read(dir.join("cluster.bin")).unwrap(), data);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Checks a `glare: candidate pair <l>/<r> <LOCAL> -> <REMOTE>` stderr line on
+/// loopback (the remote may be peer-reflexive when its check beat its candidate).
+fn candidate_pair(lines: &[String]) {
+    let line = lines
+        .iter()
+        .find(|l| l.contains("candidate pair "))
+        .unwrap_or_else(|| panic!("a candidate pair line on stderr: {lines:?}"));
+    let rest = &line[line.find("candidate pair ").unwrap() + "candidate pair ".len()..];
+    let parts: Vec<&str> = rest.split(' ').collect();
+    assert_eq!(parts.len(), 4, "{line:?}");
+    let (local, remote) = parts[0].split_once('/').expect("<local>/<remote>");
+    assert_eq!(local, "host", "{line:?}");
+    assert!(remote == "host" || remote == "prflx", "{line:?}");
+    for addr in [parts[1], parts[3]] {
+        let a: std::net::SocketAddr = addr.parse().unwrap_or_else(|_| panic!("{line:?}"));
+        assert!(a.ip().is_loopback(), "{line:?}");
+    }
+    assert_eq!(parts[2], "->", "{line:?}");
+}
+
+/// `--echo --count 1`: after its file is verified the echo side stays up while the
+/// peer still uses the channel it opened, and exits once the peer closes it;
+/// `--recv DIR` creates DIR; the candidate pair is printed on stderr.
+#[test]
+fn echo_side_at_count_waits_for_the_peer_to_close_its_channels() {
+    let (_broker, url) = broker();
+    let base = temp_dir("echo");
+    let dir = base.join("not").join("there");
+    let proc = Proc::spawn(&[
+        "peer",
+        "--broker",
+        &url,
+        "--recv",
+        dir.to_str().unwrap(),
+        "--echo",
+        "--bind",
+        "127.0.0.1",
+        "--count",
+        "1",
+        "--timeout",
+        "40",
+    ]);
+    let psid = sid(&proc.line(Duration::from_secs(10)));
+    assert!(dir.is_dir(), "--recv created its directory");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let data = bytes::Bytes::from(vec![7u8; 200_000]);
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(45), async {
+            let me = glare::Peer::new(&url, glare::Config::loopback())
+                .await
+                .unwrap();
+            me.host(Vec::<String>::new(), serde_json::Value::Null, false)
+                .await
+                .unwrap();
+            let conn = me.connect(&psid).await.unwrap();
+            conn.connected().await.unwrap();
+            // A channel echoed and closed before the file.
+            let mut early = conn
+                .open_channel("early", glare::ChannelOptions::default())
+                .await
+                .unwrap();
+            early.send_text("one").await.unwrap();
+            assert_eq!(early.recv().await, Some(glare::Message::Text("one".into())));
+            early.close().await;
+            // One open across the file's acknowledgement.
+            let mut across = conn
+                .open_channel("across", glare::ChannelOptions::default())
+                .await
+                .unwrap();
+            across.send_text("two").await.unwrap();
+            assert_eq!(
+                across.recv().await,
+                Some(glare::Message::Text("two".into()))
+            );
+            let report = glare::file::send_bytes(&conn, "blob.bin", data.clone(), |_| {})
+                .await
+                .expect("the file is acknowledged");
+            assert_eq!(report.size, data.len() as u64);
+            // The echo side is at --count now: it still echoes on the open channel.
+            across
+                .send(bytes::Bytes::from_static(b"three"))
+                .await
+                .unwrap();
+            assert_eq!(
+                across.recv().await,
+                Some(glare::Message::Binary(bytes::Bytes::from_static(b"three")))
+            );
+            across.close().await;
+            // A channel opened right after the last one closed is served too.
+            let mut late = conn
+                .open_channel("late", glare::ChannelOptions::default())
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            late.send_text("four").await.unwrap();
+            assert_eq!(late.recv().await, Some(glare::Message::Text("four".into())));
+            late.close().await;
+            // Keep the link until the process has gone.
+            let _ = tokio::time::timeout(Duration::from_secs(15), conn.closed()).await;
+            me.close().await;
+        })
+        .await
+        .expect("the in-process peer finished in time");
+    });
+    let errors = Arc::clone(&proc.errors);
+    let (code, rest) = proc.finish(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "exit; later lines {rest:?}");
+    assert_eq!(std::fs::read(dir.join("blob.bin")).unwrap(), data);
+    candidate_pair(&errors.lock().unwrap());
+    let _ = std::fs::remove_dir_all(&base);
 }

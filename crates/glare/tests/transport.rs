@@ -194,7 +194,13 @@ async fn hundred_connections_share_one_socket_per_side() {
                     .open_channel("bulk", ChannelOptions::default())
                     .await
                     .unwrap();
-                let mut ch_b = b.accept_channel().await.unwrap();
+                let Some(mut ch_b) = b.accept_channel().await else {
+                    panic!(
+                        "link {i}: no channel; links {:?} / {:?}",
+                        a.state(),
+                        b.state()
+                    );
+                };
                 let d = data(LEN, i as u64 + 10);
                 let want = Sha256::hex_of(&d);
                 let (_, got) =

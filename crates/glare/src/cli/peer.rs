@@ -12,7 +12,7 @@ use glare::client::WatchEvent;
 use glare::file::{self, FILE_LABEL, Report};
 use glare::{Config, Connection, DataChannel, HostFilter, IceServer, Peer, Role};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 /// `glare peer` arguments.
@@ -218,7 +218,39 @@ struct Ctx {
     echo: bool,
     bars: MultiProgress,
     done: mpsc::UnboundedSender<Done>,
+    /// Channels the peers opened that are being served (echoed, received, refused).
+    serving: watch::Sender<usize>,
+    /// Links whose candidate-pair line is not printed yet.
+    pairs: watch::Sender<usize>,
 }
+
+/// Counts one task in a counter ([`Ctx::serving`], [`Ctx::pairs`]) for as long as
+/// it lives (also when the task is aborted).
+struct Counted(watch::Sender<usize>);
+
+impl Counted {
+    fn new(count: &watch::Sender<usize>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// How long `--count` waits, as the `--echo` side, for the peers to close the
+/// channels they opened before the process exits.
+const ECHO_DRAIN: Duration = Duration::from_secs(30);
+
+/// How long no peer channel must be open before the `--echo` side exits: a peer
+/// that opens its echo channel right after its file was acknowledged is served.
+const ECHO_QUIET: Duration = Duration::from_secs(1);
+
+/// How long a link waits for its first candidate-pair figures.
+const PAIR_WAIT: Duration = Duration::from_secs(3);
 
 fn role_name(role: Option<Role>) -> &'static str {
     match role {
@@ -281,6 +313,14 @@ async fn handle_link(conn: Connection, ctx: Arc<Ctx>) {
     .as_millis();
     println!("connected {remote} role={} ms={ms}", role_name(role));
     let mut tasks = JoinSet::new();
+    {
+        let conn = conn.clone();
+        let pending = Counted::new(&ctx.pairs);
+        tasks.spawn(async move {
+            print_candidate_pair(&conn).await;
+            drop(pending);
+        });
+    }
     if let Some(path) = ctx.send.clone() {
         let conn = conn.clone();
         let ctx = Arc::clone(&ctx);
@@ -304,7 +344,12 @@ async fn handle_link(conn: Connection, ctx: Arc<Ctx>) {
         tasks.spawn(async move {
             let mut channels = JoinSet::new();
             while let Some(chan) = conn.accept_channel().await {
-                channels.spawn(serve_channel(chan, Arc::clone(&ctx)));
+                let serving = Counted::new(&ctx.serving);
+                let ctx = Arc::clone(&ctx);
+                channels.spawn(async move {
+                    serve_channel(chan, ctx).await;
+                    drop(serving);
+                });
             }
             while channels.join_next().await.is_some() {}
         });
@@ -318,6 +363,29 @@ async fn handle_link(conn: Connection, ctx: Arc<Ctx>) {
     .await;
     println!("closed {remote} {}", state.reason());
     tasks.abort_all();
+}
+
+/// Prints (stderr) the link's selected candidate pair once it is known, e.g.
+/// `glare: candidate pair srflx/srflx 10.201.1.2:5000 -> 10.201.2.2:6000` (netlab
+/// parses it). The figures refresh about once a second, so this polls, bounded.
+async fn print_candidate_pair(conn: &Connection) {
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < PAIR_WAIT {
+        match conn.stats().await {
+            Ok(s) => {
+                if let Some(p) = s.candidate_pair {
+                    eprintln!(
+                        "glare: candidate pair {}/{} {} -> {}",
+                        p.local_type, p.remote_type, p.local, p.remote
+                    );
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::debug!(remote = ?conn.remote(), "no candidate pair figures");
 }
 
 async fn serve_channel(chan: DataChannel, ctx: Arc<Ctx>) {
@@ -351,6 +419,21 @@ async fn refuse_file(mut chan: DataChannel) {
     chan.close().await;
 }
 
+/// Returns once no channel has been served for [`ECHO_QUIET`].
+async fn quiet(served: &mut watch::Receiver<usize>) {
+    loop {
+        if served.wait_for(|n| *n == 0).await.is_err() {
+            return;
+        }
+        match tokio::time::timeout(ECHO_QUIET, served.wait_for(|n| *n > 0)).await {
+            // Quiet long enough (or nobody can open a channel any more).
+            Err(_) | Ok(Err(_)) => return,
+            // A channel opened meanwhile: serve it to the end, then wait again.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
 pub(crate) async fn run(o: Options) -> Result<(), String> {
     if let Some(path) = &o.send {
         let meta =
@@ -359,10 +442,8 @@ pub(crate) async fn run(o: Options) -> Result<(), String> {
             return Err(format!("--send {}: not a file", path.display()));
         }
     }
-    if let Some(dir) = &o.recv
-        && !dir.is_dir()
-    {
-        return Err(format!("--recv {}: not a directory", dir.display()));
+    if let Some(dir) = &o.recv {
+        std::fs::create_dir_all(dir).map_err(|e| format!("--recv {}: {e}", dir.display()))?;
     }
     let peer = Peer::new(&o.broker, o.config)
         .await
@@ -440,12 +521,16 @@ pub(crate) async fn run(o: Options) -> Result<(), String> {
     drop(fatal_tx);
 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let (serving, mut served) = watch::channel(0usize);
+    let (pairs, mut unprinted) = watch::channel(0usize);
     let ctx = Arc::new(Ctx {
         send: o.send,
         recv: o.recv,
         echo: o.echo,
         bars: progress_target(),
         done: done_tx,
+        serving,
+        pairs,
     });
     let deadline = o.timeout.map(|t| tokio::time::Instant::now() + t);
     let stop = glare::broker::shutdown_signal();
@@ -455,6 +540,14 @@ pub(crate) async fn run(o: Options) -> Result<(), String> {
     let mut finished = 0u64;
     let result = loop {
         if o.count.is_some_and(|n| finished >= n) {
+            if o.echo {
+                // PROTOCOL.md §5: the echo side keeps its links up until the peers
+                // have closed the channels they opened (bounded).
+                let drained = tokio::time::timeout(ECHO_DRAIN, quiet(&mut served));
+                if drained.await.is_err() {
+                    tracing::debug!("channels still open after the echo drain");
+                }
+            }
             break Ok(());
         }
         tokio::select! {
@@ -486,6 +579,9 @@ pub(crate) async fn run(o: Options) -> Result<(), String> {
         }
     };
     background.abort_all();
+    // A quick transfer can end before the first stats refresh: print every link's
+    // candidate pair before closing (bounded by the refresh interval).
+    let _ = tokio::time::timeout(PAIR_WAIT, unprinted.wait_for(|n| *n == 0)).await;
     peer.close().await;
     // Let the link tasks print their `closed` lines.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
