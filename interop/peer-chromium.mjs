@@ -142,6 +142,18 @@ await page.evaluate(
       });
       document.body.append(el);
       el.play().catch(() => {});
+      if (o.debug) {
+        // What the receiver got, every 5 s (packets, frames decoded, codec).
+        const report = async () => {
+          const stats = await e.receiver.getStats().catch(() => null);
+          const rows = [];
+          stats?.forEach((s) => {
+            if (s.type === "inbound-rtp") rows.push(`packets=${s.packetsReceived} framesDecoded=${s.framesDecoded ?? "-"} keyFrames=${s.keyFramesDecoded ?? "-"} samples=${s.totalSamplesReceived ?? "-"} codec=${stats.get(s.codecId)?.mimeType}`);
+          });
+          window.glareErr(`media ${link.remote} ${e.track.kind} mid=${e.transceiver?.mid} ${rows.join(" | ") || "no inbound-rtp"} readyState=${el.readyState} paused=${el.paused}`);
+        };
+        setInterval(report, 5000);
+      }
     };
     if (o.hasSend) {
       const bytes = new Uint8Array(await (await fetch("/send-file")).arrayBuffer());

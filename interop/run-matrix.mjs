@@ -7,7 +7,7 @@
 //   node run-matrix.mjs [--glare PATH] [--stack NAME=COMMAND]... [--ping-stack NAME]...
 //                       [--cells A>B,A~B,...]
 //                       [--size BYTES] [--echo N (0: files only)] [--timeout SECS] [--no-netns]
-//                       [--md FILE] [--json FILE]
+//                       [--md FILE] [--json FILE] [--media-bin PATH]
 //
 // A cell `A>B` starts B hosting a session (--tag, --send, --recv, --echo), then A dialling
 // it (--dial SID, --send, --recv): a file each way (PROTOCOL.md §5), and N messages
@@ -17,6 +17,11 @@
 // A stack is any command that takes the `glare peer` flags of CLI.md and prints its
 // stdout lines (plus --ping N → `echoed N ms=…`), so `glare peer` drops in as
 // --stack glare="/path/to/glare peer".
+// Media cells: the stack `glare-media` is glare's examples/media.rs (--media-bin PATH, or
+// env GLARE_MEDIA_BIN): it sends a generated VP8 + Opus track and counts the frames of the
+// tracks it receives. A cell with it on one side and `chromium-media` (fake camera and
+// microphone) on the other passes when the Rust side has counted --media-frames frames of
+// each kind and Chromium reports both of glare's tracks playing; no files, no echoes.
 // Prints a markdown table (pass/fail, ms to connect, Mbit/s each way, echo ms) and
 // exits 1 if any cell failed.
 
@@ -46,6 +51,8 @@ const opt = {
   md: null,
   json: null,
   inside: false,
+  mediaBin: process.env.GLARE_MEDIA_BIN ?? null,
+  mediaFrames: 30,
 };
 for (let i = 0; i < args.length; i++) {
   const a = args[i];
@@ -62,6 +69,8 @@ for (let i = 0; i < args.length; i++) {
   else if (a === "--md") opt.md = path.resolve(v());
   else if (a === "--json") opt.json = path.resolve(v());
   else if (a === "--inside") opt.inside = true;
+  else if (a === "--media-bin") opt.mediaBin = path.resolve(v());
+  else if (a === "--media-frames") opt.mediaFrames = Number(v());
   else {
     console.error(`run-matrix: unknown argument ${a}`);
     process.exit(2);
@@ -77,8 +86,11 @@ const STACKS = {
   chromium: `${node} ${here}/peer-chromium.mjs --mdns off`,
   "chromium-mdns": `${node} ${here}/peer-chromium.mjs --mdns on`,
   "chromium-media": `${node} ${here}/peer-chromium.mjs --mdns on --fake-media`,
+  ...(opt.mediaBin ? { "glare-media": opt.mediaBin } : {}),
   ...opt.stacks,
 };
+// Stacks that are glare's media example (examples/media.rs), not a `glare peer`.
+const RUST_MEDIA = new Set(["glare-media"]);
 // Stacks whose command takes the harness-only --ping N (every harness here does;
 // `glare peer` does not, unless named with --ping-stack).
 const PINGS = new Set(["ndc", "wrtc", "werift", "aiortc", "chromium", "chromium-mdns", "chromium-media", ...opt.pingStacks]);
@@ -168,9 +180,10 @@ async function runCell(cell, broker, work, index) {
   const logs = [];
   const result = { cell, a, b, kind: race ? "race" : "dial", pass: false, why: "" };
   if (!STACKS[a] || !STACKS[b]) {
-    result.why = `unknown stack ${STACKS[a] ? b : a}`;
+    result.why = `unknown stack ${STACKS[a] ? b : a}${a === "glare-media" || b === "glare-media" ? " (needs --media-bin)" : ""}`;
     return { result, logs };
   }
+  if (RUST_MEDIA.has(a) || RUST_MEDIA.has(b)) return runMediaCell(cell, a, b, race, broker, index, result, logs);
   const fileA = path.join(work, `a-${index}.bin`);
   const fileB = path.join(work, `b-${index}.bin`);
   const dataA = randomBytes(opt.size);
@@ -234,8 +247,10 @@ async function runCell(cell, broker, work, index) {
     }
     if (opt.echo === 0) {
       /* --echo 0: files only */
-    } else if (!pinger) problems.push("neither stack has --ping: no echo run");
-    else if (P.echoed[0]?.n !== opt.echo) problems.push("no echo run");
+    } else if (!pinger) {
+      // Said in the table, not counted as an echo run.
+      result.note = "files only: neither side has --ping (`glare peer` has no --ping yet)";
+    } else if (P.echoed[0]?.n !== opt.echo) problems.push("no echo run");
     result.pass = problems.length === 0;
     result.why = problems.join("; ");
   } catch (e) {
@@ -248,6 +263,65 @@ async function runCell(cell, broker, work, index) {
   return { result, logs };
 }
 
+/**
+ * A media cell: glare's media example against `chromium-media`. B hosts, A dials. The Rust
+ * side must count --media-frames frames of audio and of video, Chromium must report both
+ * of the Rust side's tracks playing; then both are stopped (SIGTERM).
+ */
+async function runMediaCell(cell, a, b, race, broker, index, result, logs) {
+  result.kind = "media";
+  const rust = RUST_MEDIA.has(a) ? "A" : "B";
+  const other = rust === "A" ? b : a;
+  if (race || RUST_MEDIA.has(other) || !MEDIA.has(other)) {
+    result.why = "media cells are `glare-media>chromium-media` or `chromium-media>glare-media`";
+    return { result, logs };
+  }
+  const tag = `cell${index}`;
+  const limit = opt.timeout * 1000;
+  const argsFor = (me) =>
+    me === rust
+      ? ["--broker", broker.url, "--tag", tag, "--seconds", String(opt.timeout), "--expect", String(opt.mediaFrames)]
+      : ["--broker", broker.url, "--tag", tag, "--timeout", String(opt.timeout)];
+  let pa;
+  let pb;
+  try {
+    pb = launch(`B:${b}`, STACKS[b], argsFor("B"), logs);
+    const sid = (await pb.waitFor(/^sid (\S+)/, 30000))[1];
+    pa = launch(`A:${a}`, STACKS[a], [...argsFor("A"), "--dial", sid], logs);
+    const R = rust === "A" ? pa : pb;
+    const C = rust === "A" ? pb : pa;
+    const started = Date.now();
+    const left = () => Math.max(1, limit - (Date.now() - started));
+    await Promise.all([
+      R.waitFor(/^frames video \d+/, left()),
+      R.waitFor(/^frames audio \d+/, left()),
+      C.waitFor(/^playing \S+ video/, left()),
+      C.waitFor(/^playing \S+ audio/, left()),
+    ]);
+    result.mediaMs = Date.now() - started;
+    const A = parse(pa.lines);
+    const B = parse(pb.lines);
+    result.connectMs = [A.connected[0]?.ms, B.connected[0]?.ms];
+    result.roles = [A.connected[0]?.role, B.connected[0]?.role];
+    const problems = [];
+    if (A.connected.length !== 1 || B.connected.length !== 1) problems.push(`links: ${A.connected.length}/${B.connected.length} (want 1/1)`);
+    if (result.roles[0] && result.roles[0] === result.roles[1]) problems.push(`both ${result.roles[0]}`);
+    result.pass = problems.length === 0;
+    result.why = problems.join("; ");
+    result.note = `glare counted ${opt.mediaFrames} VP8 + ${opt.mediaFrames} Opus frames, Chromium played glare's video + audio, in ${result.mediaMs} ms`;
+  } catch (e) {
+    result.why = e.message;
+  } finally {
+    pa?.kill();
+    pb?.kill();
+    await Promise.race([Promise.all([pa?.exited, pb?.exited]), new Promise((r) => setTimeout(r, 5000))]);
+    const R = rust === "A" ? pa : pb;
+    const total = R?.lines.find((l) => l.startsWith("total "));
+    if (total) result.note = `${result.note ?? ""}${result.note ? "; " : ""}glare ${total}`;
+  }
+  return { result, logs };
+}
+
 function table(results) {
   const fmt = (v) => (v === undefined || v === null ? "–" : String(v));
   const rows = [
@@ -255,9 +329,9 @@ function table(results) {
     "|---|---|---|---|---|---|---|---|---|",
   ];
   for (const r of results) {
-    const who = r.kind === "race" ? "race" : "dial";
+    const who = r.kind;
     rows.push(
-      `| ${r.cell} (${who}) | ${r.a} | ${r.b} | ${r.pass ? "pass" : "FAIL: " + r.why} | ${fmt(r.connectMs?.[0])}/${fmt(r.connectMs?.[1])} | ${fmt(r.roles?.[0])}/${fmt(r.roles?.[1])} | ${fmt(r.mbpsAB)} | ${fmt(r.mbpsBA)} | ${fmt(r.echoMs)}${r.pinger ? ` (${r.pinger})` : ""} |`,
+      `| ${r.cell} (${who}) | ${r.a} | ${r.b} | ${r.pass ? "pass" : "FAIL: " + r.why}${r.note ? ` (${r.note})` : ""} | ${fmt(r.connectMs?.[0])}/${fmt(r.connectMs?.[1])} | ${fmt(r.roles?.[0])}/${fmt(r.roles?.[1])} | ${fmt(r.mbpsAB)} | ${fmt(r.mbpsBA)} | ${r.pinger ? `${fmt(r.echoMs)} (${r.pinger})` : r.kind === "media" ? "–" : "n/a"} |`,
     );
   }
   return rows.join("\n");

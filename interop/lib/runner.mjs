@@ -46,6 +46,7 @@ export async function runPeer(opts, env) {
     candidateFilter: env.candidateFilter,
     freshPcOnFirstGlare: env.freshPcOnFirstGlare,
     connectBackstopMs: env.connectBackstopMs,
+    onSignal: opts.debug ? (dir, m) => env.err(`signal ${dir} ${JSON.stringify(m)}`) : undefined,
   });
   if (opts.timeoutSecs) {
     setTimeout(() => finish(1, `timeout: not done after ${opts.timeoutSecs} s (${completions.n} of ${opts.count ?? "?"} done)`), opts.timeoutSecs * 1000);

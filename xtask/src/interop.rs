@@ -3,8 +3,12 @@
 //! The harnesses live in `interop/` (Node for Chromium through glare.js, libdatachannel,
 //! libwebrtc and werift; Python for aiortc); see interop/README.md. This module installs
 //! what they need into caches under `interop/` (and Chromium with apt when it is
-//! missing), builds the release `glare` binary, and runs the matrix with `glare peer`
-//! dropped in as one more stack.
+//! missing), builds `glare` and the media example, and runs the matrix with `glare peer`
+//! and `examples/media.rs` dropped in as two more stacks.
+//!
+//! `--ci` runs the CI subset on the dev-profile binaries (`cargo xtask ci` has just built
+//! them for the tests, so nothing is rebuilt); the full matrix uses release builds and
+//! rewrites the matrix part of INTEROP.md.
 
 use std::{path::PathBuf, process::Command};
 
@@ -16,19 +20,25 @@ use crate::{cargo, project_root, run};
 /// (`X>glare`), and glare races (`glare~X`), plus the other stacks among themselves.
 const FULL_CELLS: &str = "glare>glare,glare~glare,\
 glare>chromium,chromium>glare,glare~chromium,\
-glare>chromium-mdns,chromium-mdns>glare,\
+glare>chromium-mdns,chromium-mdns>glare,glare~chromium-mdns,\
 glare>chromium-media,chromium-media>glare,\
+glare-media>chromium-media,chromium-media>glare-media,\
 glare>ndc,ndc>glare,glare~ndc,\
 glare>wrtc,wrtc>glare,glare~wrtc,\
 glare>aiortc,aiortc>glare,glare~aiortc,\
 glare>werift,werift>glare,\
 ndc>wrtc,wrtc>ndc,chromium>ndc,chromium~chromium";
 
-/// The cells `cargo xtask ci` runs: Chromium with mDNS hiding on and off (glare race
-/// included) and libdatachannel, each against `glare peer`.
+/// The cells `cargo xtask ci` runs: Chromium with mDNS hiding on and off (glare as the
+/// dialler, the one dialled, and in a glare race), Chromium media both ways against the
+/// media example, and libdatachannel dialling and dialled, each against `glare peer`.
 pub(crate) const CI_CELLS: &str = "glare>chromium,chromium>glare,glare~chromium,\
-glare>chromium-mdns,chromium-mdns>glare,\
-glare>ndc,ndc>glare,glare~ndc";
+glare>chromium-mdns,chromium-mdns>glare,glare~chromium-mdns,\
+glare-media>chromium-media,chromium-media>glare-media,\
+glare>ndc,ndc>glare";
+
+/// Seconds a cell may take before its peers give up (a passing cell takes 1–15 s).
+const CELL_TIMEOUT_SECS: &str = "60";
 
 pub(crate) fn interop_dir() -> PathBuf {
     project_root().join("interop")
@@ -45,6 +55,25 @@ pub(crate) fn ensure_deps(python: bool) -> Result<()> {
                 "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null",
             ]),
         )?;
+    }
+    // Node 20 or later runs the harnesses (interop/package.json `engines`).
+    let version = Command::new("node")
+        .arg("--version")
+        .output()
+        .context("interop needs Node.js 20 or later (`node` not found)")?;
+    let version = String::from_utf8_lossy(&version.stdout);
+    let major: u32 = version
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if major < 20 {
+        bail!(
+            "interop needs Node.js 20 or later, found `{}`",
+            version.trim()
+        );
     }
     let dir = interop_dir();
     if !dir.join("node_modules").join(".package-lock.json").exists() {
@@ -72,41 +101,57 @@ pub(crate) fn ensure_deps(python: bool) -> Result<()> {
     Ok(())
 }
 
-/// Builds the release `glare` binary and returns its path.
-pub(crate) fn build_glare() -> Result<PathBuf> {
-    run(
-        "build glare",
-        cargo().args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "glare",
-            "--bin",
-            "glare",
-        ]),
-    )?;
+/// The binaries the matrix runs.
+pub(crate) struct Bins {
+    /// `glare` (broker and `glare peer`).
+    pub(crate) glare: PathBuf,
+    /// The media example (examples/media.rs).
+    pub(crate) media: PathBuf,
+}
+
+/// Builds `glare` and the media example (release, or the dev profile) and returns their
+/// paths.
+pub(crate) fn build_bins(release: bool) -> Result<Bins> {
+    let mut args = vec![
+        "build",
+        "--locked",
+        "-p",
+        "glare",
+        "--bin",
+        "glare",
+        "--example",
+        "media",
+    ];
+    if release {
+        args.push("--release");
+    }
+    run("build glare + media example", cargo().args(&args))?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| project_root().join("target"), PathBuf::from);
-    let bin = target.join("release").join("glare");
-    if !bin.exists() {
-        bail!("{} was not built", bin.display());
+    let dir = target.join(if release { "release" } else { "debug" });
+    let bins = Bins {
+        glare: dir.join("glare"),
+        media: dir.join("examples").join("media"),
+    };
+    for bin in [&bins.glare, &bins.media] {
+        if !bin.exists() {
+            bail!("{} was not built", bin.display());
+        }
     }
-    Ok(bin)
+    Ok(bins)
 }
 
 /// Runs the matrix over `cells`; with `md`, writes the table there too.
-pub(crate) fn matrix(
-    glare: &std::path::Path,
-    cells: &str,
-    md: Option<&std::path::Path>,
-) -> Result<()> {
-    let glare_s = glare.to_string_lossy().into_owned();
+pub(crate) fn matrix(bins: &Bins, cells: &str, md: Option<&std::path::Path>) -> Result<()> {
+    let glare_s = bins.glare.to_string_lossy().into_owned();
     let mut cmd = Command::new("node");
     cmd.current_dir(project_root())
         .arg("interop/run-matrix.mjs")
         .args(["--glare", &glare_s])
         .args(["--stack", &format!("glare={glare_s} peer")])
+        .arg("--media-bin")
+        .arg(&bins.media)
+        .args(["--timeout", CELL_TIMEOUT_SECS])
         .args(["--cells", cells]);
     if let Some(md) = md {
         cmd.arg("--md").arg(md);
@@ -137,47 +182,84 @@ pub(crate) fn browser_checks(glare: &std::path::Path) -> Result<()> {
     )
 }
 
+/// `cargo xtask interop [--ci] [--cells LIST] [--no-write]`. `--ci` (what `cargo xtask ci`
+/// runs): the CI cells on the dev-profile binaries, INTEROP.md untouched. Otherwise the full
+/// matrix (or `--cells`) on release binaries, written into INTEROP.md unless `--no-write`.
 pub(crate) fn run_cli(args: &[String]) -> Result<()> {
+    let started = std::time::Instant::now();
     let mut cells = FULL_CELLS.to_owned();
+    let mut ci = false;
     let mut write = true;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--cells" => cells = it.next().context("--cells needs a list")?.clone(),
-            "--ci" => cells = CI_CELLS.to_owned(),
+            "--ci" => ci = true,
             "--no-write" => write = false,
             other => bail!(
-                "unknown interop option `{other}` (usage: cargo xtask interop [--cells LIST | --ci] [--no-write])"
+                "unknown interop option `{other}` (usage: cargo xtask interop [--ci] [--cells LIST] [--no-write])"
             ),
         }
     }
-    ensure_deps(cells.contains("aiortc"))?;
-    let glare = build_glare()?;
-    browser_checks(&glare)?;
-    let table = project_root().join("target").join("interop-matrix.md");
-    let result = matrix(&glare, &cells, Some(&table));
-    if write && table.exists() {
-        write_interop_md(&std::fs::read_to_string(&table)?)?;
+    if ci {
+        cells = CI_CELLS.to_owned();
+        write = false;
     }
+    ensure_deps(cells.contains("aiortc"))?;
+    let bins = build_bins(!ci)?;
+    browser_checks(&bins.glare)?;
+    let table =
+        std::env::temp_dir().join(format!("glare-interop-matrix-{}.md", std::process::id()));
+    let result = matrix(&bins, &cells, Some(&table));
+    if write && table.exists() {
+        let cmd = if args.is_empty() {
+            "cargo xtask interop".to_owned()
+        } else {
+            format!("cargo xtask interop {}", args.join(" "))
+        };
+        write_interop_md(&std::fs::read_to_string(&table)?, &cmd)?;
+    }
+    let _ = std::fs::remove_file(&table);
+    eprintln!(
+        "==> [interop] done in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
     result
 }
 
-fn write_interop_md(table: &str) -> Result<()> {
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
+/// Begin and end of the part of INTEROP.md this writes; the rest is kept as it is.
+const MATRIX_BEGIN: &str = "<!-- matrix: written by `cargo xtask interop` -->";
+const MATRIX_END: &str = "<!-- end of matrix -->";
+
+fn shell_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let text = format!(
-        "# Interop matrix\n\n\
-         Written by `cargo xtask interop` on {date} (same machine, one run). `A>B`: B hosts,\n\
-         A dials it; `A~B`: both dial each other at once (a glare race). Each cell moves a\n\
-         4 MiB file each way (PROTOCOL.md §5, verified on disk and by the SHA-256 ack) and\n\
-         1,000 echoed messages. `glare` is `glare peer`; `chromium` is headless Chromium\n\
-         through glare.js with mDNS host-candidate hiding off, `chromium-mdns` with it on;\n\
-         `ndc` libdatachannel (node-datachannel), `wrtc` libwebrtc (@roamhq/wrtc), `aiortc`,\n\
-         `werift`. Harnesses and how to run one cell: interop/README.md.\n\n{table}"
+        .unwrap_or_default()
+}
+
+fn write_interop_md(table: &str, command: &str) -> Result<()> {
+    let date = shell_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let machine = format!(
+        "{} ({cpus} CPUs), {}",
+        shell_line("uname", &["-srm"]),
+        shell_line("chromium", &["--version"])
     );
-    std::fs::write(project_root().join("INTEROP.md"), text)?;
+    let block = format!(
+        "{MATRIX_BEGIN}\n\n`{command}` on {date}; {machine}; node {}.\n\n{}\n{MATRIX_END}",
+        shell_line("node", &["--version"]),
+        table.trim_end()
+    );
+    let path = project_root().join("INTEROP.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let text = match (old.find(MATRIX_BEGIN), old.find(MATRIX_END)) {
+        (Some(b), Some(e)) if b < e => {
+            format!("{}{block}{}", &old[..b], &old[e + MATRIX_END.len()..])
+        }
+        _ => format!("# Interop matrix\n\n{block}\n"),
+    };
+    std::fs::write(path, text)?;
     Ok(())
 }

@@ -214,6 +214,9 @@ fn ci() -> Result<()> {
         cargo().args(["bench", "--workspace", "--no-run", "--locked"]),
     )?;
     fuzz_build_and_smoke()?;
+    // Real peers: Chromium (mDNS hiding on and off, the glare race, media) and
+    // libdatachannel against `glare peer` (the debug binaries the tests built).
+    interop::run_cli(&["--ci".to_owned()])?;
     eprintln!(
         "\nxtask ci: all steps passed in {:.0}s",
         started.elapsed().as_secs_f64()

@@ -318,7 +318,8 @@ export function watchSessions(broker, filter, { onAdd, onRemove, EventSource } =
  * fetch, tieBreaker (a function drawing one; an impolite-only stack returns 2^53-1),
  * freshPcOnEqualTieBreakers (default true), freshPcOnFirstGlare (default false: the
  * polite side of a first-offer collision rolls back), connectBackstopMs (default 5000:
- * not connected this long after a remote description → ICE restart), candidateFilter (candidate string → bool:
+ * not connected this long after a remote description → ICE restart), onSignal (direction
+ * "in" | "out", message → void: sees every signal, for debugging), candidateFilter (candidate string → bool:
  * which local candidates to signal).
  */
 export class Peer extends Emitter {
@@ -536,6 +537,7 @@ export class Link extends Emitter {
 
   _send(message) {
     this._mark();
+    this.peer.options.onSignal?.("out", message);
     const dc = this._signalChannel();
     if (dc) {
       try {
@@ -600,6 +602,7 @@ export class Link extends Emitter {
   /** Feeds one signal of PROTOCOL.md §2, from the broker or the glare-signal channel. */
   handleSignal(msg) {
     if (this.closed || !msg || typeof msg !== "object") return;
+    this.peer.options.onSignal?.("in", msg);
     if (msg.bye) {
       this._finish(`bye${msg.bye.reason ? ": " + msg.bye.reason : ""}`);
       return;
@@ -645,9 +648,18 @@ export class Link extends Emitter {
           this.stats.ignoredOffers++;
           return;
         }
-        if (this.firstNegotiation && this.peer.options.freshPcOnFirstGlare) {
+        const appMid = (sdp) => /^m=application [^]*?^a=mid:(\S+)/m.exec(sdp ?? "")?.[1] ?? null;
+        const ownMid = appMid(this.pc?.localDescription?.sdp);
+        const theirMid = appMid(description.sdp);
+        if (
+          this.firstNegotiation &&
+          (this.peer.options.freshPcOnFirstGlare || (ownMid !== null && theirMid !== null && ownMid !== theirMid))
+        ) {
           // Stacks whose rollback of a first offer is unreliable (libdatachannel may
           // lose its ICE transport) start over with a fresh connection, as in the seed.
+          // So does every stack when the remote offer's m=application has another mid
+          // than the offer rolled back: Chromium then fails the answer with "Failed to
+          // start SCTP transport" (every time; interop/repro-chromium-rollback-sctp.mjs).
           const old = this.pc;
           this._newPc();
           old.close();
