@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use glare::client::WatchEvent;
 use glare::file::{self, FILE_LABEL, Report};
-use glare::{Config, Connection, DataChannel, HostFilter, IceServer, Peer, Role};
+use glare::{CandidatePair, Config, Connection, DataChannel, HostFilter, IceServer, Peer, Role};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -317,8 +317,11 @@ async fn handle_link(conn: Connection, ctx: Arc<Ctx>) {
         let conn = conn.clone();
         let pending = Counted::new(&ctx.pairs);
         tasks.spawn(async move {
-            print_candidate_pair(&conn).await;
+            let first = print_candidate_pair(&conn).await;
             drop(pending);
+            if let Some(first) = first {
+                watch_candidate_pair(&conn, first).await;
+            }
         });
     }
     if let Some(path) = ctx.send.clone() {
@@ -367,8 +370,8 @@ async fn handle_link(conn: Connection, ctx: Arc<Ctx>) {
 
 /// Prints (stderr) the link's selected candidate pair once it is known, e.g.
 /// `glare: candidate pair srflx/srflx 10.201.1.2:5000 -> 10.201.2.2:6000` (netlab
-/// parses it). The figures refresh about once a second, so this polls, bounded.
-async fn print_candidate_pair(conn: &Connection) {
+/// parses it). The figures refresh about five times a second, so this polls, bounded.
+async fn print_candidate_pair(conn: &Connection) -> Option<CandidatePair> {
     let start = tokio::time::Instant::now();
     while start.elapsed() < PAIR_WAIT {
         match conn.stats().await {
@@ -378,14 +381,36 @@ async fn print_candidate_pair(conn: &Connection) {
                         "glare: candidate pair {}/{} {} -> {}",
                         p.local_type, p.remote_type, p.local, p.remote
                     );
-                    return;
+                    return Some(p);
                 }
             }
-            Err(_) => return,
+            Err(_) => return None,
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tracing::debug!(remote = ?conn.remote(), "no candidate pair figures");
+    None
+}
+
+/// After the first pair: prints the line again, marked `(changed)`, each time ICE
+/// moves the link to another pair (a path that died, an ICE restart), until the link
+/// ends.
+async fn watch_candidate_pair(conn: &Connection, mut last: CandidatePair) {
+    while let Ok(s) = conn.stats().await {
+        if let Some(p) = s.candidate_pair
+            && (p.local, p.remote) != (last.local, last.remote)
+        {
+            eprintln!(
+                "glare: candidate pair {}/{} {} -> {} (changed)",
+                p.local_type, p.remote_type, p.local, p.remote
+            );
+            last = p;
+        }
+        tokio::select! {
+            _ = conn.closed() => return,
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
 }
 
 async fn serve_channel(chan: DataChannel, ctx: Arc<Ctx>) {
