@@ -213,6 +213,9 @@ fn ci() -> Result<()> {
         "bench-build",
         cargo().args(["bench", "--workspace", "--no-run", "--locked"]),
     )?;
+    // NAT, relay, loss and remapping scenarios 1-6 in network namespaces (release
+    // `glare`, incremental after bench-build); the matrix is printed, not written.
+    netlab::run_cli(&["--no-write".to_owned()])?;
     fuzz_build_and_smoke()?;
     // Real peers: Chromium (mDNS hiding on and off, the glare race, media) and
     // libdatachannel against `glare peer` (the debug binaries the tests built).

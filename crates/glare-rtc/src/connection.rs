@@ -25,6 +25,14 @@ pub const SIGNAL_LABEL: &str = "glare-signal";
 /// The protocol of the reserved in-band signaling channel (PROTOCOL.md §4).
 pub const SIGNAL_PROTOCOL: &str = "glare/1";
 
+/// The rate a channel's adaptive write limit is sized for: limit = this × the
+/// smallest round-trip time (bytes per second; 25 MB/s = 200 Mbit/s, about what
+/// sctp-proto's per-packet scans allow with a 1 MiB buffer), clamped to
+/// [`Config::sctp_min_buffered_amount`]..=[`Config::sctp_max_buffered_amount`].
+/// The round-trip time comes from ICE consent checks, which queue behind the
+/// channel's own data (4–5 ms on a loaded loopback during a bulk transfer).
+const SEND_LIMIT_RATE: f64 = 25e6;
+
 /// How a [`Connection`] is set up. [`Config::with_seed`] gives the defaults.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -34,15 +42,26 @@ pub struct Config {
     /// Seed of the negotiator's tie-breakers and delays: take it from a random source
     /// (both sides must draw differently).
     pub seed: u64,
-    /// str0m's SCTP send buffer (`set_sctp_max_buffered_amount`). It caps a channel
-    /// at about buffer/RTT (256 KiB: ~50 Mbit/s at 40 ms RTT), but sctp-proto scans its
-    /// unacknowledged chunks per packet, so a bigger buffer costs CPU per datagram
-    /// (in memory, 16 MiB transfer: 64 KiB → 517 Mbit/s, 128 KiB → 386, 256 KiB → 232,
-    /// 1 MiB → 78). Default 256 KiB: twice str0m's 128 KiB; raise it for long
-    /// fat paths.
+    /// str0m's SCTP send buffer (`set_sctp_max_buffered_amount`), the most a channel
+    /// may have written and not yet acknowledged. A channel moves at most about
+    /// buffer/RTT (1 MiB: ~200 Mbit/s at 40 ms RTT), but sctp-proto scans all its
+    /// unacknowledged chunks several times per packet it handles, so a full buffer
+    /// costs CPU per datagram (in memory, 64 MiB: 64 KiB → 695 Mbit/s, 256 KiB → 329,
+    /// 1 MiB → 122). Each channel's write limit therefore adapts between
+    /// [`sctp_min_buffered_amount`](Self::sctp_min_buffered_amount) and this: about
+    /// 25 MB/s (200 Mbit/s) × the smallest round-trip time seen on the selected
+    /// candidate pair (1 MiB from ~42 ms). Default 1 MiB.
     pub sctp_max_buffered_amount: usize,
+    /// The write limit of a channel before a round-trip time is known, and on fast
+    /// paths (see [`sctp_max_buffered_amount`](Self::sctp_max_buffered_amount)).
+    /// Default 128 KiB (on loopback, 256 MiB in 16 KiB messages: 64 KiB ~450–530
+    /// Mbit/s, 128 KiB ~340–510, 256 KiB ~210–300, 1 MiB ~175–210). Set it equal to
+    /// the maximum for a fixed buffer.
+    pub sctp_min_buffered_amount: usize,
     /// A channel's buffered amount falling below this raises
-    /// [`Event::ChannelBufferedAmountLow`]. Default 64 KiB.
+    /// [`Event::ChannelBufferedAmountLow`]. Default 64 KiB. At most half of the
+    /// channel's current write limit is used: a threshold the buffer cannot reach would
+    /// never fire, and a writer waiting for it would wait forever.
     pub buffered_amount_low_threshold: usize,
     /// How often str0m refreshes its peer statistics (RTT, selected candidate pair,
     /// total bytes) for [`Connection::stats`]; `None`: never. Default 1 s (one cheap
@@ -56,7 +75,8 @@ impl Config {
         Self {
             negotiator: glare_negotiate::Config::default(),
             seed,
-            sctp_max_buffered_amount: 256 * 1024,
+            sctp_max_buffered_amount: 1024 * 1024,
+            sctp_min_buffered_amount: 128 * 1024,
             buffered_amount_low_threshold: 64 * 1024,
             stats_interval: Some(Duration::from_secs(1)),
         }
@@ -417,6 +437,11 @@ pub struct Connection {
     dtls_connected: bool,
     rtc_closed: bool,
     last_now: Instant,
+    /// The most a channel may have buffered before `write` refuses (adapts to the
+    /// round-trip time, see [`Config::sctp_max_buffered_amount`]).
+    send_limit: usize,
+    /// The smallest round-trip time seen on the selected pair, and that pair.
+    min_rtt: Option<(SocketAddr, SocketAddr, Duration)>,
 }
 
 impl Connection {
@@ -432,7 +457,16 @@ impl Connection {
     /// A connection on an `Rtc` built by the caller (codecs, ICE lite, certificate …).
     /// Its SCTP buffer and stats interval are the caller's;
     /// `config.sctp_max_buffered_amount` and `config.stats_interval` are not applied.
-    pub fn from_rtc(now: Instant, rtc: Rtc, config: Config) -> Self {
+    pub fn from_rtc(now: Instant, mut rtc: Rtc, config: Config) -> Self {
+        // str0m's ICE agent has no clock until its first timeout: without this, an
+        // answerer that receives nothing never starts its own connectivity checks
+        // (behind two NATs, nothing would ever connect).
+        if let Err(e) = rtc.handle_input(Input::Timeout(now)) {
+            debug!(error = %e, "str0m first timeout failed");
+        }
+        let send_limit = config
+            .sctp_min_buffered_amount
+            .min(config.sctp_max_buffered_amount);
         Self {
             neg: Negotiator::with_seed(config.negotiator.clone(), config.seed),
             engine: StrEngine::new(rtc),
@@ -458,6 +492,8 @@ impl Connection {
             dtls_connected: false,
             rtc_closed: false,
             last_now: now,
+            send_limit,
+            min_rtt: None,
         }
     }
 
@@ -656,10 +692,18 @@ impl Connection {
             Some(id) if state.open => id,
             _ => return Err(WriteError::NotOpen(handle)),
         };
+        let limit = self.send_limit;
         let written = self.engine.mutate(|rtc| match rtc.channel(id) {
-            Some(mut ch) => ch
-                .write(binary, data)
-                .map_err(|e| WriteError::Rtc(e.to_string())),
+            Some(mut ch) => {
+                // The adaptive limit (str0m's own is the maximum); a message larger
+                // than the limit still goes once the channel is empty.
+                let queued = ch.buffered_amount();
+                if queued > 0 && queued + data.len() > limit {
+                    return Ok(false);
+                }
+                ch.write(binary, data)
+                    .map_err(|e| WriteError::Rtc(e.to_string()))
+            }
             None => Err(WriteError::NotOpen(handle)),
         })?;
         if written {
@@ -681,6 +725,55 @@ impl Connection {
         };
         self.engine
             .mutate(|rtc| rtc.channel(id).map_or(0, |mut c| c.buffered_amount()))
+    }
+
+    /// The buffered-amount-low threshold applied to channels: the configured one,
+    /// at most half the current write limit (so the buffer can rise above it and fall
+    /// again).
+    fn low_threshold(&self) -> usize {
+        self.config
+            .buffered_amount_low_threshold
+            .min(self.send_limit / 2)
+    }
+
+    /// A new round-trip time on the selected pair `(local, remote)`: the write limit
+    /// follows the smallest one seen on that pair (queueing behind our own data
+    /// inflates the current one), and open channels get the matching low threshold.
+    fn on_rtt(&mut self, local: SocketAddr, remote: SocketAddr, rtt: Duration) {
+        let min = match self.min_rtt {
+            Some((l, r, m)) if l == local && r == remote => m.min(rtt),
+            _ => rtt,
+        };
+        self.min_rtt = Some((local, remote, min));
+        let (lo, hi) = (
+            self.config
+                .sctp_min_buffered_amount
+                .min(self.config.sctp_max_buffered_amount),
+            self.config.sctp_max_buffered_amount,
+        );
+        let limit = ((min.as_secs_f64() * SEND_LIMIT_RATE) as usize).clamp(lo, hi);
+        if limit == self.send_limit {
+            return;
+        }
+        debug!(?min, limit, "channel write limit");
+        self.send_limit = limit;
+        let low = self.low_threshold();
+        let ids: Vec<ChannelId> = self
+            .channels
+            .values()
+            .filter(|c| c.open)
+            .filter_map(|c| c.id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        self.engine.mutate(|rtc| {
+            for id in ids {
+                if let Some(mut c) = rtc.channel(id) {
+                    c.set_buffered_amount_low_threshold(low);
+                }
+            }
+        });
     }
 
     /// Closes a data channel ([`Event::ChannelClosed`] follows).
@@ -1139,7 +1232,7 @@ impl Connection {
                     }
                 };
                 self.by_id.insert(id, handle);
-                let low = self.config.buffered_amount_low_threshold;
+                let low = self.low_threshold();
                 let stream = self.engine.mutate(|rtc| {
                     if let Some(mut c) = rtc.channel(id) {
                         c.set_buffered_amount_low_threshold(low);
@@ -1251,6 +1344,9 @@ impl Connection {
                 self.stats.wire_bytes_received = p.peer_bytes_rx;
                 if let Some(pair) = p.selected_candidate_pair {
                     self.stats.rtt = pair.current_round_trip_time.or(self.stats.rtt);
+                    if let Some(rtt) = pair.current_round_trip_time {
+                        self.on_rtt(pair.local.addr, pair.remote.addr, rtt);
+                    }
                     let local_kind = self
                         .local_candidates
                         .iter()

@@ -1012,3 +1012,35 @@ fn too_many_media_lines_fail_the_link_at_once_with_the_reason() {
         ))
     )));
 }
+
+/// Behind two NATs the offerer's checks never reach the answerer, so the answerer must
+/// start its own checks without having received a datagram (netlab scenario 2 never
+/// connected: str0m's ICE agent had no clock until a first timeout, which an answerer
+/// got only from an arriving datagram).
+#[test]
+fn answerer_sends_checks_without_receiving_a_datagram() {
+    let mut p = Pair::new(83);
+    p.peers[0].dial(p.now).unwrap();
+    for s in take_signals(&mut p, 0) {
+        p.peers[1].handle_signal(p.now, s).unwrap();
+    }
+    // Only peer 1 runs, woken only when it asks (as a driver does); nothing it sends
+    // is delivered, and it receives nothing.
+    let mut now = p.now;
+    let mut checks = 0;
+    while now < p.start + Duration::from_secs(5) && checks == 0 {
+        let next = loop {
+            match p.peers[1].poll_output(now) {
+                Output::Transmit { destination, .. } => {
+                    assert_eq!(destination, p.addrs[0]);
+                    checks += 1;
+                }
+                Output::Timeout(t) => break t,
+                Output::Signal(_) | Output::Event(_) => {}
+            }
+        };
+        now = next.max(now + Duration::from_millis(1));
+        p.peers[1].handle_timeout(now);
+    }
+    assert!(checks > 0, "the answerer sent no connectivity check in 5 s");
+}

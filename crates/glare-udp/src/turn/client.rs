@@ -155,6 +155,9 @@ struct Permission {
     refresh_at: Option<Instant>,
     expires: Option<Instant>,
     used: bool,
+    /// The server refused this peer (403, e.g. coturn's `denied-peer-ip`): sends to
+    /// it are dropped, without asking again, until `expires`.
+    refused: bool,
     /// Wrapped Send indications waiting for the permission.
     queued: Vec<Vec<u8>>,
 }
@@ -175,6 +178,9 @@ const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// Refresh this long before expiry.
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// A peer the server refused (403) is not asked for again before this long: ICE
+/// checks to it would otherwise send a `CreatePermission` every few hundred ms.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(30);
 /// 401/438 answers a request may get before the client gives up.
 const MAX_AUTH_RETRIES: u32 = 3;
 /// Control messages are small; the encoder writes into a buffer this big.
@@ -566,10 +572,15 @@ impl TurnClient {
             }
             Kind::Permission { ip } => {
                 debug!(server = %self.server, %ip, %error, "TURN permission failed");
+                let refused = matches!(error, TurnError::Rejected { code: 403, .. });
                 if let Some(p) = self.permissions.get_mut(&ip) {
                     p.pending = false;
                     p.queued.clear();
-                    if !p.installed {
+                    if refused && !p.installed {
+                        p.refused = true;
+                        p.refresh_at = None;
+                        p.expires = Some(now + REFUSED_BACKOFF);
+                    } else if !p.installed {
                         self.permissions.remove(&ip);
                     }
                 }
@@ -583,7 +594,6 @@ impl TurnClient {
                 self.sends.insert(peer, 0);
             }
         }
-        let _ = now;
     }
 
     // ---- data ----
@@ -614,6 +624,9 @@ impl TurnClient {
             encode_channel_data(c.number, payload, self.reliable, out);
             return SendOutcome::Wrapped;
         }
+        if self.permissions.get(&peer.ip()).is_some_and(|p| p.refused) {
+            return SendOutcome::Dropped("peer refused by the server");
+        }
         if !self.permissions.contains_key(&peer.ip()) {
             if self.permissions.len() >= self.config.max_peers {
                 return SendOutcome::Dropped("too many peers");
@@ -626,6 +639,7 @@ impl TurnClient {
                     refresh_at: None,
                     expires: None,
                     used: false,
+                    refused: false,
                     queued: Vec::new(),
                 },
             );
@@ -893,9 +907,11 @@ impl TurnClient {
                     refresh_at: None,
                     expires: None,
                     used: false,
+                    refused: false,
                     queued: Vec::new(),
                 });
                 p.installed = true;
+                p.refused = false;
                 p.expires = Some(now + PERMISSION_LIFETIME);
                 p.refresh_at = Some(now + PERMISSION_LIFETIME - REFRESH_MARGIN);
             }
@@ -1246,6 +1262,41 @@ mod tests {
         assert!(!c.poll_transmit(now, &mut out));
         assert!(c.permissions.is_empty());
         assert!(c.relayed().is_some(), "the allocation itself lives on");
+    }
+
+    #[test]
+    fn a_refused_peer_is_not_asked_for_again_before_the_backoff() {
+        let now = Instant::now();
+        let mut c = allocated(now, 600);
+        let peer: SocketAddr = "192.168.2.2:1000".parse().unwrap();
+        let mut out = Vec::new();
+        assert_eq!(c.send(now, peer, b"check", &mut out), SendOutcome::Queued);
+        let request = next(&mut c, now);
+        assert_eq!(request.method(), CREATE_PERMMISSION);
+        let _ = c.handle_message(now, &error(&request, 403, "n1"));
+        // Refused: further sends are dropped and no new CreatePermission goes out.
+        for i in 1..=10 {
+            let t = now + Duration::from_secs(i);
+            assert_eq!(
+                c.send(t, peer, b"check", &mut out),
+                SendOutcome::Dropped("peer refused by the server")
+            );
+            c.handle_timeout(t);
+            assert!(!c.poll_transmit(t, &mut out), "nothing to send at {i} s");
+        }
+        // Other peers are not affected.
+        let other: SocketAddr = "198.51.100.1:1000".parse().unwrap();
+        assert_eq!(c.send(now, other, b"x", &mut out), SendOutcome::Queued);
+        assert_eq!(next(&mut c, now).method(), CREATE_PERMMISSION);
+        // After the backoff the peer is asked for again.
+        let later = now + REFUSED_BACKOFF + Duration::from_secs(1);
+        c.handle_timeout(later);
+        assert_eq!(c.send(later, peer, b"check", &mut out), SendOutcome::Queued);
+        let again = next(&mut c, later);
+        assert_eq!(again.method(), CREATE_PERMMISSION);
+        // A refusal other than 403 (here a 400) is not remembered.
+        let _ = c.handle_message(later, &error(&again, 400, "n1"));
+        assert_eq!(c.send(later, peer, b"check", &mut out), SendOutcome::Queued);
     }
 
     #[test]
