@@ -11,6 +11,7 @@
 //
 //   node bench.mjs --stack ndc|wrtc|werift|aiortc [--rows setup,throughput,aggregate,memory]
 //                  [--runs 100] [--bytes 268435456] [--connections 10] [--memory-connections 100]
+//                  [--row-timeout 600]   (seconds one transfer may take; then the row fails)
 //
 // setup: from createOffer to the offerer's data channel being open, sequential runs.
 // throughput: one reliable ordered channel, `bytes` in 16 KiB messages, from the first
@@ -25,7 +26,7 @@ import path from "node:path";
 import { reexecInNetns } from "./lib/netns.mjs";
 
 const args = process.argv.slice(2);
-const opt = { stack: null, rows: ["setup", "throughput", "aggregate", "memory"], runs: 100, bytes: 256 << 20, connections: 10, memConnections: 100, netns: true, inside: false };
+const opt = { stack: null, rows: ["setup", "throughput", "aggregate", "memory"], runs: 100, bytes: 256 << 20, connections: 10, memConnections: 100, rowTimeout: 600, netns: true, inside: false };
 for (let i = 0; i < args.length; i++) {
   const a = args[i];
   const v = () => args[++i];
@@ -35,6 +36,7 @@ for (let i = 0; i < args.length; i++) {
   else if (a === "--bytes") opt.bytes = Number(v());
   else if (a === "--connections") opt.connections = Number(v());
   else if (a === "--memory-connections") opt.memConnections = Number(v());
+  else if (a === "--row-timeout") opt.rowTimeout = Number(v());
   else if (a === "--no-netns") opt.netns = false;
   else if (a === "--inside") opt.inside = true;
   else {
@@ -68,12 +70,13 @@ if (opt.stack === "aiortc") {
     "--bytes", String(opt.bytes),
     "--connections", String(opt.connections),
     "--memory-connections", String(opt.memConnections),
+    "--row-timeout", String(opt.rowTimeout),
   ], { stdio: "inherit" });
   process.exit(await new Promise((r) => py.on("exit", (c) => r(c ?? 1))));
 }
 
 const MSG = 16384;
-const ROW_TIMEOUT_MS = 600000;
+const ROW_TIMEOUT_MS = opt.rowTimeout * 1000;
 const now = () => performance.now();
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 

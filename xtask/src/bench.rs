@@ -11,7 +11,15 @@
 //! machine, the date and the command. Without `--smoke` and `--no-criterion` it also
 //! runs `cargo bench -p glare-benches` (the criterion benches) first.
 //!
-//! `--smoke` (CI): a few runs per row, glare and ndc only, nothing written.
+//! Without `--smoke` it then measures glare alone (release `compare`): the scaling
+//! table (setup and aggregate throughput at 1, 10 and 100 concurrent links) and the
+//! figures of issue 5 (256 MiB between two processes, CPU per datagram through the
+//! driver against str0m in memory, memory per idle link at 1,000 links).
+//!
+//! `--smoke` (CI): a few runs per row, glare and ndc only, plus glare's two-process
+//! and parallel-setup rows, nothing written; fails if a glare row fails. The other
+//! stacks' transfers are bounded by `--row-timeout` seconds (default 150: aiortc
+//! stalls with several connections at once); a bounded row says "stalled" in the table.
 
 use std::{
     collections::BTreeMap,
@@ -25,7 +33,12 @@ use crate::{bench_broker::replace_section, cargo, project_root, run};
 
 const HEADING: &str = "## Side by side";
 const USAGE: &str = "usage: cargo xtask bench [--smoke] [--stacks glare,ndc,wrtc,aiortc,werift] \
-[--no-criterion] [--runs N] [--bytes N] [--connections N] [--memory-connections N]";
+[--no-criterion] [--no-glare-extras] [--runs N] [--bytes N] [--connections N] \
+[--memory-connections N] [--row-timeout SECS]";
+/// The concurrent link counts of the scaling table.
+const SCALE: [u64; 3] = [1, 10, 100];
+/// Idle links of the issue-5 memory figure.
+const IDLE_LINKS: u64 = 1000;
 const KNOWN: &[&str] = &["glare", "ndc", "wrtc", "aiortc", "werift"];
 
 /// The row parameters, shared by every stack.
@@ -34,6 +47,8 @@ struct Params {
     bytes: u64,
     connections: u64,
     memory_connections: u64,
+    /// Seconds one transfer of another stack may take before its row fails.
+    row_timeout: u64,
 }
 
 impl Params {
@@ -54,6 +69,7 @@ impl Params {
 pub(crate) fn run_cli(args: &[String]) -> Result<()> {
     let mut smoke = false;
     let mut criterion = true;
+    let mut extras = true;
     let mut stacks: Option<Vec<String>> = None;
     let mut overrides: BTreeMap<&str, u64> = BTreeMap::new();
     let mut it = args.iter();
@@ -61,6 +77,7 @@ pub(crate) fn run_cli(args: &[String]) -> Result<()> {
         match a.as_str() {
             "--smoke" => smoke = true,
             "--no-criterion" => criterion = false,
+            "--no-glare-extras" => extras = false,
             "--stacks" => {
                 let v = it.next().context("--stacks needs a list")?;
                 let list: Vec<String> = v.split(',').map(|s| s.trim().to_owned()).collect();
@@ -69,7 +86,11 @@ pub(crate) fn run_cli(args: &[String]) -> Result<()> {
                 }
                 stacks = Some(list);
             }
-            flag @ ("--runs" | "--bytes" | "--connections" | "--memory-connections") => {
+            flag @ ("--runs"
+            | "--bytes"
+            | "--connections"
+            | "--memory-connections"
+            | "--row-timeout") => {
                 let v = it
                     .next()
                     .with_context(|| format!("{flag} needs a number"))?;
@@ -89,6 +110,7 @@ pub(crate) fn run_cli(args: &[String]) -> Result<()> {
             bytes: 4 << 20,
             connections: 2,
             memory_connections: 5,
+            row_timeout: 60,
         }
     } else {
         Params {
@@ -96,6 +118,7 @@ pub(crate) fn run_cli(args: &[String]) -> Result<()> {
             bytes: 256 << 20,
             connections: 10,
             memory_connections: 100,
+            row_timeout: 150,
         }
     };
     for (flag, n) in overrides {
@@ -103,6 +126,7 @@ pub(crate) fn run_cli(args: &[String]) -> Result<()> {
             "--runs" => params.runs = n,
             "--bytes" => params.bytes = n,
             "--connections" => params.connections = n,
+            "--row-timeout" => params.row_timeout = n,
             _ => params.memory_connections = n,
         }
     }
@@ -126,23 +150,16 @@ pub(crate) fn run_cli(args: &[String]) -> Result<()> {
         crate::interop::ensure_deps(others.iter().any(|s| *s == "aiortc"))?;
     }
 
+    let mut load = LoadSamples::default();
     let mut results: BTreeMap<(String, String), Value> = BTreeMap::new();
+    let compare = if stacks.iter().any(|s| s == "glare") || (!smoke && extras) {
+        Some(build_compare()?)
+    } else {
+        None
+    };
     for stack in &stacks {
         let mut cmd = if stack == "glare" {
-            run(
-                "build compare",
-                cargo().args([
-                    "build",
-                    "--release",
-                    "--locked",
-                    "-p",
-                    "glare-benches",
-                    "--bin",
-                    "compare",
-                ]),
-            )?;
-            let bin = target_dir().join("release").join("compare");
-            let mut c = Command::new(bin);
+            let mut c = Command::new(compare.as_ref().context("compare was built")?);
             c.args(params.args());
             c
         } else {
@@ -150,60 +167,67 @@ pub(crate) fn run_cli(args: &[String]) -> Result<()> {
             c.arg("--expose-gc")
                 .arg(crate::interop::interop_dir().join("bench.mjs"))
                 .args(["--stack", stack])
-                .args(params.args());
+                .args(params.args())
+                .args(["--row-timeout", &params.row_timeout.to_string()]);
             c
         };
-        cmd.current_dir(project_root())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        eprintln!("\n==> [bench {stack}] {}", command_line(&cmd));
-        let output = cmd
-            .output()
-            .with_context(|| format!("[bench {stack}] could not start"))?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        for line in stdout.lines() {
-            match parse_line(line) {
-                Some(v) if v.get("row").and_then(Field::as_str).is_some() => {
-                    println!("{line}");
-                    let row = v
-                        .get("row")
-                        .and_then(Field::as_str)
-                        .unwrap_or_default()
-                        .to_owned();
-                    results.insert((stack.clone(), row), v);
-                }
-                _ => eprintln!("[bench {stack}] {line}"),
-            }
-        }
-        if !output.status.success() {
-            eprintln!("[bench {stack}] exited with {}", output.status);
+        load.sample();
+        for v in run_rows(stack, &mut cmd)? {
+            let row = v
+                .get("row")
+                .and_then(Field::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            results.insert((stack.clone(), row), v);
         }
     }
 
     let table = table(&stacks, &params, &results);
     println!("\n{table}");
     if smoke {
+        let mut failed = Vec::new();
+        if let Some(bin) = &compare {
+            // glare's rows beyond the table, small: the harness must not rot either.
+            let mut cmd = Command::new(bin);
+            cmd.args(["--rows", "throughput2p,setup-parallel"])
+                .args(params.args());
+            for v in run_rows("glare", &mut cmd)? {
+                let row = v.get("row").and_then(Field::as_str).unwrap_or_default();
+                results.insert(("glare".to_owned(), row.to_owned()), v);
+            }
+        }
         // The harness must produce every glare row (CI fails on a broken bench).
-        let missing: Vec<String> = ["setup", "throughput", "aggregate", "memory"]
-            .iter()
-            .filter_map(
-                |row| match results.get(&("glare".to_owned(), (*row).to_owned())) {
-                    None => Some(format!("{row}: no output")),
-                    Some(v) => v
-                        .get("error")
-                        .and_then(Field::as_str)
-                        .map(|e| format!("{row}: {e}")),
-                },
-            )
-            .collect();
-        if !missing.is_empty() {
-            bail!("glare's comparison rows failed: {}", missing.join("; "));
+        for row in [
+            "setup",
+            "throughput",
+            "aggregate",
+            "memory",
+            "throughput2p",
+            "setup-parallel",
+        ] {
+            match results.get(&("glare".to_owned(), row.to_owned())) {
+                None if compare.is_some() => failed.push(format!("{row}: no output")),
+                None => {}
+                Some(v) => {
+                    if let Some(e) = v.get("error").and_then(Field::as_str) {
+                        failed.push(format!("{row}: {e}"));
+                    }
+                }
+            }
+        }
+        if !failed.is_empty() {
+            bail!("glare's comparison rows failed: {}", failed.join("; "));
         }
         return Ok(());
     }
+    let extra = match (&compare, extras) {
+        (Some(bin), true) => glare_extras(bin, &params, &mut load)?,
+        _ => String::new(),
+    };
+    load.sample();
     let section = format!(
-        "{HEADING}\n\n{}\n\nCommand: `{command}`\n\n{}\n\n{table}\n",
-        machine(),
+        "{HEADING}\n\n{}\n\nCommand: `{command}`\n\n{}\n\n{table}\n{extra}",
+        machine(&load),
         definitions(&params)
     );
     let path = project_root().join("BENCHMARKS.md");
@@ -212,6 +236,205 @@ pub(crate) fn run_cli(args: &[String]) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     eprintln!("wrote the `{HEADING}` section of {}", path.display());
     Ok(())
+}
+
+/// Builds `compare` (release) and returns its path.
+fn build_compare() -> Result<PathBuf> {
+    run(
+        "build compare",
+        cargo().args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "glare-benches",
+            "--bin",
+            "compare",
+        ]),
+    )?;
+    Ok(target_dir().join("release").join("compare"))
+}
+
+/// Runs one bench command; returns its JSON rows (echoed), logging other lines.
+fn run_rows(stack: &str, cmd: &mut Command) -> Result<Vec<Value>> {
+    cmd.current_dir(project_root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    eprintln!("\n==> [bench {stack}] {}", command_line(cmd));
+    let output = cmd
+        .output()
+        .with_context(|| format!("[bench {stack}] could not start"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut rows = Vec::new();
+    for line in stdout.lines() {
+        match parse_line(line) {
+            Some(v) if v.get("row").and_then(Field::as_str).is_some() => {
+                println!("{line}");
+                rows.push(v);
+            }
+            _ => eprintln!("[bench {stack}] {line}"),
+        }
+    }
+    if !output.status.success() {
+        eprintln!("[bench {stack}] exited with {}", output.status);
+    }
+    Ok(rows)
+}
+
+/// The 1-minute load average, sampled between the bench's commands.
+#[derive(Default)]
+struct LoadSamples(Vec<f64>);
+
+impl LoadSamples {
+    fn sample(&mut self) {
+        if let Some(l) = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        {
+            self.0.push(l);
+        }
+    }
+
+    fn describe(&self) -> String {
+        let min = self.0.iter().copied().reduce(f64::min);
+        let max = self.0.iter().copied().reduce(f64::max);
+        match (min, max) {
+            (Some(a), Some(b)) => format!(
+                "1-minute load average {a:.1}–{b:.1} during the run ({} samples)",
+                self.0.len()
+            ),
+            _ => "load average unknown".into(),
+        }
+    }
+}
+
+/// One glare-only row through `compare`, or its error as text.
+fn glare_row(bin: &PathBuf, args: &[String], load: &mut LoadSamples) -> Result<Value, String> {
+    load.sample();
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    let rows = run_rows("glare", &mut cmd).map_err(|e| format!("{e:#}"))?;
+    let v = rows.into_iter().next().ok_or("no output")?;
+    match v.get("error").and_then(Field::as_str) {
+        Some(e) => Err(format!("error: {e}")),
+        None => Ok(v),
+    }
+}
+
+fn num(v: &Result<Value, String>, field: &str, decimals: usize) -> String {
+    match v {
+        Ok(v) => v
+            .get(field)
+            .and_then(Field::as_f64)
+            .map_or_else(|| format!("no `{field}`"), |x| format!("{x:.decimals$}")),
+        Err(e) => cell_text(e),
+    }
+}
+
+/// The scaling table and the issue-5 figures, as markdown.
+fn glare_extras(bin: &PathBuf, p: &Params, load: &mut LoadSamples) -> Result<String> {
+    let s = |x: u64| x.to_string();
+    let mut out = format!(
+        "\n### Scaling (glare)\n\nN links between two sockets (one wildcard socket on `lo`, \
+each link on its own 127.0.0.x). Setup: N links dialed at the same moment, rounds until \
+{} setups (`compare --rows setup-parallel --connections N --runs {}`); \"all open\" = \
+median over rounds of the time from creating the N connections (each makes its \
+DTLS certificate) to the last channel open. Aggregate: N links \
+connected, then all send {} ÷ N at once (`compare --rows aggregate --connections N \
+--bytes {}`).\n\n| links at once | setup median, ms | setup p99, ms | all open, ms | \
+aggregate, Mbit/s |\n|---:|---:|---:|---:|---:|",
+        p.runs,
+        p.runs,
+        size(p.bytes),
+        p.bytes
+    );
+    for n in SCALE {
+        let setup = glare_row(
+            bin,
+            &[
+                "--rows".into(),
+                "setup-parallel".into(),
+                "--connections".into(),
+                s(n),
+                "--runs".into(),
+                s(p.runs),
+            ],
+            load,
+        );
+        let agg = glare_row(
+            bin,
+            &[
+                "--rows".into(),
+                "aggregate".into(),
+                "--connections".into(),
+                s(n),
+                "--bytes".into(),
+                s(p.bytes),
+            ],
+            load,
+        );
+        out.push_str(&format!(
+            "\n| {n} | {} | {} | {} | {} |",
+            num(&setup, "median_ms", 2),
+            num(&setup, "p99_ms", 2),
+            num(&setup, "all_open_median_ms", 2),
+            num(&agg, "mbps", 1)
+        ));
+    }
+    let two = ["--rows", "throughput2p", "--bytes"]
+        .map(String::from)
+        .to_vec()
+        .into_iter()
+        .chain([s(p.bytes)])
+        .collect::<Vec<_>>();
+    let cost_bytes = (64_u64 << 20).min(p.bytes);
+    let cost = ["--rows", "datagram-cost", "--bytes"]
+        .map(String::from)
+        .to_vec()
+        .into_iter()
+        .chain([s(cost_bytes)])
+        .collect::<Vec<_>>();
+    let idle = ["--rows", "memory", "--memory-connections"]
+        .map(String::from)
+        .to_vec()
+        .into_iter()
+        .chain([s(IDLE_LINKS)])
+        .collect::<Vec<_>>();
+    let two_r = glare_row(bin, &two, load);
+    let cost_r = glare_row(bin, &cost, load);
+    let idle_r = glare_row(bin, &idle, load);
+    let kib = |v: &Result<Value, String>, f: &str| match v {
+        Ok(v) => v
+            .get(f)
+            .and_then(Field::as_f64)
+            .map_or_else(|| format!("no `{f}`"), |x| format!("{:.1} KiB", x / 1024.0)),
+        Err(e) => cell_text(e),
+    };
+    out.push_str(&format!(
+        "\n\n### glare alone (issue 5)\n\n| figure | value | command |\n|---|---:|---|\n\
+| one reliable ordered channel, {} in 16 KiB messages, two processes on loopback | {} Mbit/s | \
+`compare {}` |\n\
+| CPU per datagram, str0m + glare-rtc in memory (no sockets) | {} µs | `compare {}` |\n\
+| CPU per datagram through two glare-udp drivers (GSO/GRO on; sockets, demux, str0m, \
+channel delivery) | {} µs ({}× in memory) | same |\n\
+| the same, GSO/GRO off | {} µs ({}× in memory) | same |\n\
+| memory per idle connected link (both ends, one process), {IDLE_LINKS} links | {} | \
+`compare {}` |\n\
+| memory per idle `Connection` (one end) | {} | same |\n",
+        size(p.bytes),
+        num(&two_r, "mbps", 1),
+        two.join(" "),
+        num(&cost_r, "memory_us_per_datagram", 2),
+        cost.join(" "),
+        num(&cost_r, "driver_us_per_datagram", 2),
+        num(&cost_r, "ratio", 2),
+        num(&cost_r, "unbatched_us_per_datagram", 2),
+        num(&cost_r, "unbatched_ratio", 2),
+        kib(&idle_r, "bytes_per_connection"),
+        idle.join(" "),
+        kib(&idle_r, "bytes_per_endpoint"),
+    ));
+    Ok(out)
 }
 
 fn target_dir() -> PathBuf {
@@ -505,7 +728,8 @@ connections in one process, in a network namespace). Setup = offer created → t
 offerer's channel open, {} sequential runs, a new pair each. Throughput = one reliable \
 ordered channel, {} in 16 KiB messages, first send → last byte received. Aggregate = {} \
 links connected, then all send {} ÷ {} at once. Memory = RSS growth after {} connected \
-links with an open channel (both ends in the one process) ÷ {}. The last column is \
+links with an open channel (both ends in the one process) ÷ {}. Another stack's \
+transfer not done within {} s fails its row (\"stalled\"). The last column is \
 glare's value ÷ the best other stack's: for throughput higher is better, for setup \
 and memory lower is better.",
         p.runs,
@@ -514,12 +738,13 @@ and memory lower is better.",
         size(p.bytes),
         p.connections,
         p.memory_connections,
-        p.memory_connections
+        p.memory_connections,
+        p.row_timeout
     )
 }
 
 /// Machine and date line.
-fn machine() -> String {
+fn machine(load_during: &LoadSamples) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()
@@ -540,7 +765,10 @@ fn machine() -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    format!("Machine: {cpu}, {cores} cores; load average after the run {load}. Date: {date}.")
+    format!(
+        "Machine: {cpu}, {cores} cores; {}, load average after the run {load}. Date: {date}.",
+        load_during.describe()
+    )
 }
 
 #[cfg(test)]
@@ -588,6 +816,7 @@ mod tests {
             bytes: 4 << 20,
             connections: 2,
             memory_connections: 5,
+            row_timeout: 60,
         };
         let mut r = BTreeMap::new();
         let mut put = |s: &str, row: &str, v: Value| {

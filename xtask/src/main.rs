@@ -213,6 +213,9 @@ fn ci() -> Result<()> {
         "bench-build",
         cargo().args(["bench", "--workspace", "--no-run", "--locked"]),
     )?;
+    // The side-by-side comparison harness (glare and libdatachannel, a few runs per
+    // row, nothing written), so it never rots.
+    bench::run_cli(&["--smoke".to_owned()])?;
     // NAT, relay, loss and remapping scenarios 1-6 in network namespaces (release
     // `glare`, incremental after bench-build); the matrix is printed, not written.
     netlab::run_cli(&["--no-write".to_owned()])?;

@@ -33,6 +33,10 @@ pub const SIGNAL_PROTOCOL: &str = "glare/1";
 /// channel's own data (4–5 ms on a loaded loopback during a bulk transfer).
 const SEND_LIMIT_RATE: f64 = 25e6;
 
+/// How long after the first remote description str0m gets a first tick if nothing
+/// else ticked it (see `Connection::on_signal`).
+const FIRST_TICK_GRACE: Duration = Duration::from_millis(300);
+
 /// How a [`Connection`] is set up. [`Config::with_seed`] gives the defaults.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -432,6 +436,8 @@ pub struct Connection {
     repairing: bool,
     /// Descriptions received from the peer (either path).
     descriptions_received: u64,
+    /// When str0m gets its first tick, if nothing ticked it before (see `on_signal`).
+    tick_due: Option<Instant>,
     answers_sent: u64,
     stats: Stats,
     dtls_connected: bool,
@@ -457,13 +463,7 @@ impl Connection {
     /// A connection on an `Rtc` built by the caller (codecs, ICE lite, certificate …).
     /// Its SCTP buffer and stats interval are the caller's;
     /// `config.sctp_max_buffered_amount` and `config.stats_interval` are not applied.
-    pub fn from_rtc(now: Instant, mut rtc: Rtc, config: Config) -> Self {
-        // str0m's ICE agent has no clock until its first timeout: without this, an
-        // answerer that receives nothing never starts its own connectivity checks
-        // (behind two NATs, nothing would ever connect).
-        if let Err(e) = rtc.handle_input(Input::Timeout(now)) {
-            debug!(error = %e, "str0m first timeout failed");
-        }
+    pub fn from_rtc(now: Instant, rtc: Rtc, config: Config) -> Self {
         let send_limit = config
             .sctp_min_buffered_amount
             .min(config.sctp_max_buffered_amount);
@@ -487,6 +487,7 @@ impl Connection {
             broker_tail: None,
             repairing: false,
             descriptions_received: 0,
+            tick_due: None,
             answers_sent: 0,
             stats: Stats::default(),
             dtls_connected: false,
@@ -865,6 +866,17 @@ impl Connection {
         let description = matches!(signal, Signal::Description { .. });
         let r = self.neg.handle_signal(now, signal, &mut self.engine);
         if description {
+            // str0m's ICE agent has no clock until its first timeout, and an answerer
+            // has no timer of its own: without a tick it starts no connectivity checks
+            // until a datagram arrives (behind two NATs, nothing would ever connect).
+            // Asked of the caller through `poll_output` (a timeout), so str0m sees the
+            // caller's clock, in order; after a short grace, because ticking at once
+            // makes both sides check at the same instant, which broke DTLS for 100
+            // links on one socket (tests/transport.rs in the glare crate). On a path
+            // where the offerer's checks get through, str0m is ticking by then anyway.
+            if self.descriptions_received == 0 {
+                self.tick_due = Some(now + FIRST_TICK_GRACE);
+            }
             self.descriptions_received += 1;
             self.scan_stopped_tracks();
         }
@@ -933,6 +945,7 @@ impl Connection {
     /// harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = now;
+        self.tick_due = None;
         if let Err(e) = self
             .engine
             .mutate(|rtc| rtc.handle_input(Input::Timeout(now)))
@@ -961,11 +974,15 @@ impl Connection {
             return o;
         }
         let far = now + Duration::from_secs(3600);
-        let t = [self.engine.timeout(), self.neg.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(far);
+        let t = [
+            self.engine.timeout(),
+            self.neg.poll_timeout(),
+            self.tick_due,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(far);
         Output::Timeout(t)
     }
 
