@@ -45,11 +45,15 @@ pub struct Config {
     pub udp: glare_udp::Config,
     /// Negotiation timeouts and limits (connect, answer, ICE restart policy).
     pub negotiator: glare_negotiate::Config,
-    /// SCTP send buffer per connection (str0m's default 128 KiB caps a channel at
-    /// about buffer/RTT). Default 1 MiB.
+    /// The most a channel may have written and not yet acknowledged: the ceiling of
+    /// its adaptive write limit, which starts at 128 KiB and grows with the path's
+    /// round-trip time (25 MB/s × the smallest RTT seen), since a channel moves at
+    /// most about limit/RTT while sctp-proto's per-packet scans make a full large
+    /// buffer expensive on fast paths (BENCHMARKS.md). Default 1 MiB.
     pub sctp_send_buffer: usize,
     /// A channel waiting under back-pressure writes again once its buffered amount
-    /// falls below this. Default 256 KiB.
+    /// falls below this (at most half the channel's current write limit is used).
+    /// Default 256 KiB.
     pub buffered_amount_low: usize,
     /// Broker client settings (timeouts, reconnect backoff, transport).
     pub client: glare_client::Options,
