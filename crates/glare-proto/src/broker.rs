@@ -994,12 +994,7 @@ mod tests {
                 Some("18446744073709551616"),
                 "out of range",
             ),
-            (
-                c,
-                k,
-                Some(&"9".repeat(10_000)),
-                "out of range",
-            ),
+            (c, k, Some(&"9".repeat(10_000)), "out of range"),
         ] {
             let e = parse_resume(cid, key, id).unwrap_err();
             assert_eq!(e.error, ErrorCode::BadRequest);
