@@ -69,7 +69,9 @@ pub struct Config {
     pub buffered_amount_low_threshold: usize,
     /// How often str0m refreshes its peer statistics (RTT, selected candidate pair,
     /// total bytes) for [`Connection::stats`]; `None`: never. Default 1 s (one cheap
-    /// event per interval).
+    /// event per interval). The round-trip times that grow a channel's write limit
+    /// come from these statistics: with `None` the limit stays at
+    /// [`sctp_min_buffered_amount`](Self::sctp_min_buffered_amount).
     pub stats_interval: Option<Duration>,
 }
 
@@ -461,8 +463,10 @@ impl Connection {
     }
 
     /// A connection on an `Rtc` built by the caller (codecs, ICE lite, certificate …).
-    /// Its SCTP buffer and stats interval are the caller's;
-    /// `config.sctp_max_buffered_amount` and `config.stats_interval` are not applied.
+    /// Its SCTP buffer (str0m's own ceiling, over all channels) and stats interval are
+    /// the caller's; `config.sctp_min_buffered_amount` and
+    /// `config.sctp_max_buffered_amount` still bound each channel's adaptive write
+    /// limit, which grows only if the caller's `Rtc` produces peer statistics.
     pub fn from_rtc(now: Instant, rtc: Rtc, config: Config) -> Self {
         let send_limit = config
             .sctp_min_buffered_amount
@@ -684,6 +688,7 @@ impl Connection {
         binary: bool,
         data: &[u8],
     ) -> Result<bool, WriteError> {
+        let (limit, low) = (self.send_limit, self.low_threshold());
         let state = self
             .channels
             .get_mut(&handle)
@@ -693,13 +698,14 @@ impl Connection {
             Some(id) if state.open => id,
             _ => return Err(WriteError::NotOpen(handle)),
         };
-        let limit = self.send_limit;
         let written = self.engine.mutate(|rtc| match rtc.channel(id) {
             Some(mut ch) => {
-                // The adaptive limit (str0m's own is the maximum); a message larger
-                // than the limit still goes once the channel is empty.
+                // The adaptive limit (str0m's own is the maximum). Refused only above
+                // the low-water mark, so that every refusal is followed by the
+                // buffered amount crossing it (the event the writer waits for); a
+                // message larger than the limit goes once the channel has drained.
                 let queued = ch.buffered_amount();
-                if queued > 0 && queued + data.len() > limit {
+                if queued > low && queued + data.len() > limit {
                     return Ok(false);
                 }
                 ch.write(binary, data)
@@ -768,13 +774,24 @@ impl Connection {
         if ids.is_empty() {
             return;
         }
-        self.engine.mutate(|rtc| {
-            for id in ids {
-                if let Some(mut c) = rtc.channel(id) {
-                    c.set_buffered_amount_low_threshold(low);
-                }
-            }
+        let already_low: Vec<ChannelId> = self.engine.mutate(|rtc| {
+            ids.into_iter()
+                .filter(|&id| {
+                    rtc.channel(id).is_some_and(|mut c| {
+                        c.set_buffered_amount_low_threshold(low);
+                        c.buffered_amount() <= low
+                    })
+                })
+                .collect()
         });
+        // A writer refused above the old mark may now be below the new one, where no
+        // crossing will come: tell it now.
+        for id in already_low {
+            if let Some(h) = self.handle_of(id).filter(|h| self.visible(*h)) {
+                self.out
+                    .push_back(Output::Event(Event::ChannelBufferedAmountLow(h)));
+            }
+        }
     }
 
     /// Closes a data channel ([`Event::ChannelClosed`] follows).

@@ -1044,3 +1044,56 @@ fn answerer_sends_checks_without_receiving_a_datagram() {
     }
     assert!(checks > 0, "the answerer sent no connectivity check in 5 s");
 }
+
+/// A writer that writes again only on `ChannelBufferedAmountLow` after a refusal (as
+/// `write`'s docs say) never waits forever: 100 KiB messages (over the low-water mark)
+/// written with data already queued below the mark used to be refused with no
+/// crossing to come.
+#[test]
+fn every_refused_write_is_followed_by_buffered_amount_low() {
+    // No statistics: the write limit stays at its 128 KiB start, the mark at 64 KiB.
+    let (mut ca, mut cb) = (Config::with_seed(171), Config::with_seed(172));
+    ca.stats_interval = None;
+    cb.stats_interval = None;
+    let mut p = Pair::with_configs(ca, cb);
+    let a = p.peers[0]
+        .open_channel("bulk", &ChannelOptions::default())
+        .unwrap();
+    p.peers[0].dial(p.now).unwrap();
+    p.run_until(Duration::from_secs(10), |p| {
+        p.opened(0, "bulk").is_some() && p.opened(1, "bulk").is_some()
+    });
+    let msg = vec![7u8; 100 * 1024];
+    let (mut left, mut received, mut refusals) = (24usize, 0usize, 0usize);
+    let (mut waiting, mut primed) = (false, false);
+    p.run_until(Duration::from_secs(60), |p| {
+        let low = p.events[0]
+            .iter()
+            .any(|e| matches!(e, Event::ChannelBufferedAmountLow(h) if *h == a));
+        p.events[0].retain(|e| !matches!(e, Event::ChannelBufferedAmountLow(_)));
+        if low {
+            waiting = false;
+        }
+        // First 40 KiB: the next 100 KiB would pass the 128 KiB limit while what is
+        // queued is below the 64 KiB mark.
+        if !primed {
+            assert!(p.peers[0].write(a, true, &[1u8; 40 * 1024]).unwrap());
+            primed = true;
+        }
+        while left > 0 && !waiting {
+            if p.peers[0].write(a, true, &msg).unwrap() {
+                left -= 1;
+            } else {
+                refusals += 1;
+                waiting = true;
+            }
+        }
+        received += p
+            .take_data(1)
+            .iter()
+            .map(|(_, _, d)| d.len())
+            .sum::<usize>();
+        received == 40 * 1024 + 24 * msg.len()
+    });
+    assert!(refusals > 0, "back-pressure was exercised");
+}
