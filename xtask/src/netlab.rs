@@ -3,7 +3,9 @@
 //! Every scenario builds its own namespaces (named `gl<pid>-…`, so two runs never meet),
 //! starts a broker and a coturn on the "internet", runs a `glare peer` pair, transfers a
 //! file and checks it, and removes every namespace (and so every veth, rule and process
-//! inside) when it ends, also when it fails.
+//! inside) when it ends, also when it fails. Scenario 7 puts headless Chromium running
+//! glare.js (`interop/peer-chromium.mjs`) in place of one `glare peer`; it runs with
+//! `--all` or `--only 7` (it needs node, Chromium and interop/'s `npm ci`).
 //!
 //! ```text
 //!                       ┌──────────── inet ─────────────┐
@@ -84,6 +86,9 @@ struct Scenario {
     size_mib: u64,
     /// Candidate type that must carry the data (checked against what the peers report).
     expect: Option<&'static str>,
+    /// Peer a is headless Chromium running glare.js (`interop/peer-chromium.mjs`), not
+    /// `glare peer`. Runs only with `--all` or `--only`.
+    chromium: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -94,6 +99,19 @@ enum IceServer {
 }
 
 impl IceServer {
+    /// The `RTCIceServer` dictionary (JSON) for a browser.
+    fn browser(self) -> String {
+        match self {
+            Self::Stun => format!(r#"{{"urls":"stun:{SERVER_IP}:{TURN_PORT}"}}"#),
+            Self::TurnUdp => format!(
+                r#"{{"urls":"turn:{SERVER_IP}:{TURN_PORT}","username":"{TURN_USER}","credential":"{TURN_PASS}"}}"#
+            ),
+            Self::TurnTcp => format!(
+                r#"{{"urls":"turn:{SERVER_IP}:{TURN_PORT}?transport=tcp","username":"{TURN_USER}","credential":"{TURN_PASS}"}}"#
+            ),
+        }
+    }
+
     fn url(self) -> String {
         match self {
             Self::Stun => format!("stun:{SERVER_IP}:{TURN_PORT}"),
@@ -124,6 +142,7 @@ fn scenarios() -> Vec<Scenario> {
         expect: None,
         timeout_secs: PEER_TIMEOUT_SECS,
         size_mib: 16,
+        chromium: false,
     };
     vec![
         Scenario {
@@ -187,6 +206,13 @@ fn scenarios() -> Vec<Scenario> {
             timeout_secs: 120,
             ..base
         },
+        Scenario {
+            id: 7,
+            name: "Chromium (glare.js) behind NAT, STUN only",
+            expect: Some("srflx"),
+            chromium: true,
+            ..base
+        },
     ]
 }
 
@@ -236,12 +262,10 @@ pub(crate) fn run_cli(args: &[String]) -> Result<()> {
             ),
         }
     }
-    if all {
-        bail!(
-            "scenario 7 (Chromium behind a NAT through glare.js) is not wired into netlab yet: run `cargo xtask netlab` for 1-6"
-        );
-    }
-    preflight()?;
+    // Scenario 7 (Chromium) needs node, Chromium and interop/'s node_modules: it runs
+    // with `--all` or when named in `--only`.
+    let with_chromium = all || only.contains(&7);
+    preflight(with_chromium)?;
     let glare = match glare_bin {
         Some(p) => p,
         None => build_glare()?,
@@ -253,6 +277,9 @@ pub(crate) fn run_cli(args: &[String]) -> Result<()> {
     let mut failed = Vec::new();
     for sc in scenarios() {
         if !only.is_empty() && !only.contains(&sc.id) {
+            continue;
+        }
+        if sc.chromium && !with_chromium {
             continue;
         }
         eprintln!("\n==> [netlab] scenario {}: {}", sc.id, sc.name);
@@ -297,8 +324,8 @@ pub(crate) fn run_cli(args: &[String]) -> Result<()> {
     }
     let table = render(&rows);
     println!("{table}");
-    // Only a full run describes the matrix.
-    if write && only.is_empty() {
+    // Only a full run (`--all`, every scenario) describes the matrix.
+    if write && all && only.is_empty() {
         write_netlab_md(&table)?;
     }
     if !failed.is_empty() {
@@ -376,7 +403,18 @@ arrives from the WAN unsolicited, both through it (FORWARD) and to it (INPUT).
    not what recovers it here: ICE switches pairs before the link is declared
    disconnected, and a restart could not do better, because restarts keep the
    candidates gathered at start (no new server-reflexive address or allocation).
-   The candidate pair column shows the pair before the break.
+   The candidate pair column shows the last pair each peer reported: `(changed)` marks
+   a pair ICE moved the link to during the transfer.
+7. As 2 (both sites behind MASQUERADE, STUN only), but peer a is headless Chromium
+   (`/usr/bin/chromium`, driven by playwright-core) running glare.js through
+   `interop/peer-chromium.mjs --mdns off`: it dials the `glare peer --recv` through the
+   broker on the internet side (glare.js's HTTP + SSE, cross-origin) and sends the file
+   on a PROTOCOL.md §5 file channel. The harness configures no ICE servers (it is made
+   for loopback runs), so netlab loads a small module into its node (`--import`) that
+   gives every `RTCPeerConnection` the scenario's ICE servers and logs Chromium's
+   selected candidate pair from `getStats()` (its column shows Chromium's view; Chromium
+   may report the local candidate of a pair it formed through its server-reflexive
+   address as srflx). Runs with `--all` or `--only 7`; CI runs 1-6.
 
 Logs of every process of the last run: `target/netlab/s<N>-<a|b|broker|coturn>.log`.
 ";
@@ -398,10 +436,11 @@ fn write_netlab_md(table: &str) -> Result<()> {
         .unwrap_or_else(|| "unknown CPU".into());
     let text = format!(
         "# glare in network namespaces (netlab)\n\n\
-         Written by `cargo xtask netlab` on {date}, {cpu}, {} cores. Each scenario builds its\n\
-         own namespaces (veth, a forwarding \"internet\" with a broker and coturn, NAT routers\n\
-         with iptables), runs a `glare peer --recv` and a `glare peer --dial … --send` pair,\n\
-         and checks the received file's SHA-256. Loss is iptables `statistic`, delay an\n\
+         Written by `cargo xtask netlab --all` on {date}, {cpu}, {} cores. Each scenario\n\
+         builds its own namespaces (veth, a forwarding \"internet\" with a broker and coturn,\n\
+         NAT routers with iptables), runs a `glare peer --recv` and a `glare peer --dial …\n\
+         --send` pair (in scenario 7 the sender is Chromium running glare.js), and checks\n\
+         the received file's SHA-256. Loss is iptables `statistic`, delay an\n\
          NFQUEUE delayer (the kernel has no netem). Throughput here is through namespaces and\n\
          iptables on one machine, not a benchmark of glare alone.\n\n{table}\n{NOTES}",
         thread::available_parallelism().map_or(0, |n| n.get())
@@ -410,8 +449,18 @@ fn write_netlab_md(table: &str) -> Result<()> {
     Ok(())
 }
 
-fn preflight() -> Result<()> {
-    for tool in ["ip", "iptables", "conntrack", "turnserver", "sha256sum"] {
+fn preflight(chromium: bool) -> Result<()> {
+    let mut tools = vec!["ip", "iptables", "conntrack", "turnserver", "sha256sum"];
+    if chromium {
+        tools.extend(["node", CHROMIUM]);
+        if !project_root()
+            .join("interop/node_modules/playwright-core")
+            .is_dir()
+        {
+            bail!("scenario 7 needs interop/'s packages: `cd interop && npm ci`");
+        }
+    }
+    for tool in tools {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -419,7 +468,7 @@ fn preflight() -> Result<()> {
             .is_ok_and(|s| s.success());
         if !found {
             bail!(
-                "netlab needs `{tool}` (Debian: apt-get install -y iproute2 iptables conntrack coturn coreutils)"
+                "netlab needs `{tool}` (Debian: apt-get install -y iproute2 iptables conntrack coturn coreutils, and nodejs chromium for scenario 7)"
             );
         }
     }
@@ -948,7 +997,11 @@ fn run_scenario(
         Line::Out(_, s) => s["sid ".len()..].trim().to_owned(),
         _ => unreachable!("wait_for returns the matching line"),
     };
-    let mut a_args = peer_args(0);
+    let mut a_args = if sc.chromium {
+        chromium_args(sc, &broker_url, work)?
+    } else {
+        peer_args(0)
+    };
     a_args.extend(["--dial".into(), sid, "--send".into()]);
     a_args.push(file.to_string_lossy().into_owned());
     let a_ns = peers[0].0.clone();
@@ -1081,6 +1134,103 @@ fn run_scenario(
         }
     }
     Ok(outcome)
+}
+
+/// Chromium's executable (Debian's `chromium` package).
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Loaded into the Chromium harness's node (`--import`): every page of the browser it
+/// launches gets an init script that (1) gives each `RTCPeerConnection` the scenario's
+/// ICE servers (the harness itself configures none: it is made for loopback runs) and
+/// (2) logs the selected candidate pair once connected, in `glare peer`'s words
+/// (`candidate pair LOCALTYPE/REMOTETYPE ADDR:PORT -> ADDR:PORT`), which the harness
+/// forwards to stderr (`GLARE_CHROMIUM_CONSOLE`). It patches the playwright-core module
+/// instance the harness imports (same file URL), nothing on disk.
+const CHROMIUM_PRELOAD: &str = r#"// Written by `cargo xtask netlab` (scenario 7); see xtask/src/netlab.rs.
+import { chromium } from "@PLAYWRIGHT@";
+const script = `(() => {
+  const ice = @ICE@;
+  const Base = window.RTCPeerConnection;
+  const pairLine = async (pc) => {
+    const stats = await pc.getStats();
+    let pair = null;
+    stats.forEach((s) => {
+      if (s.type === "transport" && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
+    });
+    if (!pair) stats.forEach((s) => { if (!pair && s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s; });
+    if (!pair) return "candidate pair unknown";
+    const l = stats.get(pair.localCandidateId);
+    const r = stats.get(pair.remoteCandidateId);
+    return "candidate pair " + l.candidateType + "/" + r.candidateType + " " + l.address + ":" + l.port + " -> " + r.address + ":" + r.port;
+  };
+  class NetlabPeerConnection extends Base {
+    constructor(config, ...rest) {
+      super({ ...(config ?? {}), iceServers: ice }, ...rest);
+      let shown = false;
+      this.addEventListener("connectionstatechange", () => {
+        if (shown || this.connectionState !== "connected") return;
+        shown = true;
+        pairLine(this).then((line) => console.log(line), (e) => console.log("candidate pair stats failed: " + e));
+      });
+    }
+  }
+  window.RTCPeerConnection = NetlabPeerConnection;
+})();`;
+const launch = chromium.launchPersistentContext.bind(chromium);
+chromium.launchPersistentContext = async (...args) => {
+  const context = await launch(...args);
+  await context.addInitScript({ content: script });
+  return context;
+};
+"#;
+
+/// The command line (before `--dial … --send …`) of peer a as Chromium: the interop
+/// harness under node with [`CHROMIUM_PRELOAD`], host addresses not hidden behind mDNS
+/// names (a `glare peer` does not resolve `.local`), HOME and TMPDIR in `work`.
+fn chromium_args(sc: &Scenario, broker_url: &str, work: &Path) -> Result<Vec<String>> {
+    let interop = project_root().join("interop");
+    let ice = format!(
+        "[{}]",
+        sc.ice[0]
+            .iter()
+            .map(|s| s.browser())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let playwright = interop.join("node_modules/playwright-core/index.mjs");
+    let preload = work.join(format!("s{}-chromium-preload.mjs", sc.id));
+    std::fs::write(
+        &preload,
+        CHROMIUM_PRELOAD
+            .replace("@PLAYWRIGHT@", &format!("file://{}", playwright.display()))
+            .replace("@ICE@", &ice),
+    )?;
+    let home = work.join(format!("s{}-chromium-home", sc.id));
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home)?;
+    let home = home.to_string_lossy().into_owned();
+    Ok(vec![
+        "env".into(),
+        format!("HOME={home}"),
+        format!("TMPDIR={home}"),
+        format!("NODE_OPTIONS=--import=file://{}", preload.display()),
+        "GLARE_CHROMIUM_CONSOLE=1".into(),
+        "node".into(),
+        interop
+            .join("peer-chromium.mjs")
+            .to_string_lossy()
+            .into_owned(),
+        "--chromium".into(),
+        CHROMIUM.into(),
+        "--mdns".into(),
+        "off".into(),
+        "--broker".into(),
+        broker_url.into(),
+        "--timeout".into(),
+        sc.timeout_secs.to_string(),
+        "--count".into(),
+        "1".into(),
+    ])
 }
 
 /// Sets the flag when dropped (stops a helper thread when its scenario returns).
