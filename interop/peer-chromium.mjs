@@ -17,7 +17,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
-import { parsePeerArgs, GLARE_JS } from "./lib/node-cli.mjs";
+import { parsePeerArgs, iceServers, GLARE_JS } from "./lib/node-cli.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const argv = process.argv.slice(2);
@@ -118,7 +118,7 @@ await page.exposeFunction("glareExit", (code) => {
 await page.goto(`${origin}/${pageName === "index" ? "index.html" : "blank.html"}`);
 
 opts.debug = !!process.env.GLARE_DEBUG;
-const pageOpts = { ...opts, send: null, sendPath: undefined, hasSend: !!sendBytes, sendName: opts.sendPath ? path.basename(opts.sendPath) : null };
+const pageOpts = { ...opts, iceServers: iceServers(opts.ice), send: null, sendPath: undefined, hasSend: !!sendBytes, sendName: opts.sendPath ? path.basename(opts.sendPath) : null };
 await page.evaluate(
   async ({ o, fakeMedia }) => {
     const glare = await import("/glare.js");
@@ -134,14 +134,25 @@ await page.evaluate(
       el.muted = true;
       el.autoplay = true;
       el.srcObject = e.streams[0] ?? new MediaStream([e.track]);
-      el.addEventListener("playing", () => {
-        const key = `${link.remote} ${e.track.kind}`;
+      const key = `${link.remote} ${e.track.kind}`;
+      const played = () => {
         if (playing.has(key)) return;
         playing.add(key);
         window.glareOut(`playing ${key}`);
-      });
+      };
+      el.addEventListener("playing", played);
       document.body.append(el);
       el.play().catch(() => {});
+      // The element's `playing` event can be missed (an element whose stream gains a
+      // track after play() started); the receiver decoding frames or samples into an
+      // unpaused element is the same fact, read from its statistics.
+      const decoded = setInterval(async () => {
+        if (playing.has(key)) return clearInterval(decoded);
+        const stats = await e.receiver.getStats().catch(() => null);
+        stats?.forEach((s) => {
+          if (s.type === "inbound-rtp" && !el.paused && ((s.framesDecoded ?? 0) > 0 || (s.totalSamplesReceived ?? 0) > 0)) played();
+        });
+      }, 500);
       if (o.debug) {
         // What the receiver got, every 5 s (packets, frames decoded, codec).
         const report = async () => {
@@ -169,7 +180,7 @@ await page.evaluate(
       },
       exit: (code) => window.glareExit(code),
       RTCPeerConnection: window.RTCPeerConnection,
-      rtcConfig: { iceServers: [] },
+      rtcConfig: { iceServers: o.iceServers },
       candidateFilter: keep,
       mediaStream: window.glareMedia,
       onTrack,

@@ -1,6 +1,6 @@
 // Command line of a Node harness peer: the `glare peer` flags of CLI.md (the subset
 // --broker --tag --metadata --unlisted --dial --dial-tag --send --recv --echo --count
-// --timeout --bind) plus the harness-only --ping N (send N small messages on a
+// --timeout --bind --ice) plus the harness-only --ping N (send N small messages on a
 // `glare-echo` channel to a peer started with --echo, check them, print
 // `echoed N ms=…`; counts as one completion for --count).
 
@@ -14,7 +14,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 export const GLARE_JS = path.resolve(here, "../../crates/glare-broker/assets/glare.js");
 
 export function parsePeerArgs(argv) {
-  const o = { tags: [], dial: [], dialTag: [], send: null, recv: null, echo: false, ping: 0, count: 0, timeoutSecs: 0, bind: null };
+  const o = { tags: [], dial: [], dialTag: [], send: null, recv: null, echo: false, ping: 0, count: 0, timeoutSecs: 0, bind: null, ice: [] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => {
@@ -35,12 +35,23 @@ export function parsePeerArgs(argv) {
       case "--count": o.count = Number(val()); break;
       case "--timeout": o.timeoutSecs = Number(val()); break;
       case "--bind": o.bind = val(); break;
-      case "--ice": val(); break; // accepted for CLI compatibility; loopback runs need none
+      case "--ice": o.ice.push(val()); break;
       default: throw new Error(`unknown argument ${a}`);
     }
   }
   if (!o.broker) throw new Error("--broker URL is required");
   return o;
+}
+
+/**
+ * CLI.md's `--ice` URLs (`stun:HOST:PORT`, `turn:USER:PASS@HOST:PORT[?transport=tcp]`,
+ * `turns:…`) as W3C RTCIceServer objects, the credentials taken out of the URL.
+ */
+export function iceServers(urls) {
+  return urls.map((u) => {
+    const m = /^(turns?):([^:@]+):([^@]+)@(.+)$/.exec(u);
+    return m ? { urls: `${m[1]}:${m[4]}`, username: m[2], credential: m[3] } : { urls: u };
+  });
 }
 
 /** Keeps only candidates on `bind` (when given): the --bind of CLI.md for stacks that cannot bind. */
@@ -56,7 +67,7 @@ export function bindFilter(bind) {
  * Runs a peer with the given W3C RTCPeerConnection class. `makeConfig(opts)` builds the
  * RTCPeerConnection configuration; `extra` may set tieBreaker or onExit.
  */
-export async function main(stackName, RTCPeerConnection, makeConfig = () => ({ iceServers: [] }), extra = {}) {
+export async function main(stackName, RTCPeerConnection, makeConfig = (o) => ({ iceServers: iceServers(o.ice) }), extra = {}) {
   let opts;
   try {
     opts = parsePeerArgs(process.argv.slice(2));

@@ -57,6 +57,8 @@ export async function runPeer(opts, env) {
     link.on("track", (e) => env.onTrack?.(link, e));
     link.on("connected", ({ role, ms }) => {
       env.out(`connected ${link.remote} role=${role} ms=${ms}`);
+      // As `glare peer` does (stderr): the selected pair, for netlab's matrix.
+      candidatePairLine(link.pc).then((l) => l && env.err(l), () => {});
       if (env.mediaStream) {
         // Renegotiates over glare-signal; both sides doing it at once is an in-band glare.
         for (const t of env.mediaStream.getTracks()) link.addTrack(t, env.mediaStream);
@@ -135,4 +137,19 @@ export async function runPeer(opts, env) {
   for (const sid of opts.dial ?? []) peer.dial(sid);
   for (const tag of opts.dialTag ?? []) peer.dialTag(tag);
   return peer;
+}
+
+/** `candidate pair TYPE/TYPE LOCAL -> REMOTE` from a connected RTCPeerConnection's stats. */
+async function candidatePairLine(pc) {
+  const stats = await pc?.getStats?.();
+  if (!stats) return null;
+  let pair = null;
+  stats.forEach((s) => {
+    if (s.type === "transport" && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
+  });
+  if (!pair) stats.forEach((s) => { if (!pair && s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s; });
+  const l = pair && stats.get(pair.localCandidateId);
+  const r = pair && stats.get(pair.remoteCandidateId);
+  if (!l || !r) return null;
+  return `candidate pair ${l.candidateType}/${r.candidateType} ${l.address}:${l.port} -> ${r.address}:${r.port}`;
 }

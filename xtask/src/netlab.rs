@@ -99,19 +99,6 @@ enum IceServer {
 }
 
 impl IceServer {
-    /// The `RTCIceServer` dictionary (JSON) for a browser.
-    fn browser(self) -> String {
-        match self {
-            Self::Stun => format!(r#"{{"urls":"stun:{SERVER_IP}:{TURN_PORT}"}}"#),
-            Self::TurnUdp => format!(
-                r#"{{"urls":"turn:{SERVER_IP}:{TURN_PORT}","username":"{TURN_USER}","credential":"{TURN_PASS}"}}"#
-            ),
-            Self::TurnTcp => format!(
-                r#"{{"urls":"turn:{SERVER_IP}:{TURN_PORT}?transport=tcp","username":"{TURN_USER}","credential":"{TURN_PASS}"}}"#
-            ),
-        }
-    }
-
     fn url(self) -> String {
         match self {
             Self::Stun => format!("stun:{SERVER_IP}:{TURN_PORT}"),
@@ -409,12 +396,10 @@ arrives from the WAN unsolicited, both through it (FORWARD) and to it (INPUT).
    (`/usr/bin/chromium`, driven by playwright-core) running glare.js through
    `interop/peer-chromium.mjs --mdns off`: it dials the `glare peer --recv` through the
    broker on the internet side (glare.js's HTTP + SSE, cross-origin) and sends the file
-   on a PROTOCOL.md §5 file channel. The harness configures no ICE servers (it is made
-   for loopback runs), so netlab loads a small module into its node (`--import`) that
-   gives every `RTCPeerConnection` the scenario's ICE servers and logs Chromium's
-   selected candidate pair from `getStats()` (its column shows Chromium's view; Chromium
-   may report the local candidate of a pair it formed through its server-reflexive
-   address as srflx). Runs with `--all` or `--only 7`; CI runs 1-6.
+   on a PROTOCOL.md §5 file channel. The harness takes the scenario's ICE servers as
+   `--ice` URLs (as `glare peer` does) and prints Chromium's selected candidate pair
+   from `getStats()` (its column shows Chromium's view; Chromium may report the local
+   candidate of a pair it formed through its server-reflexive address as srflx). Runs with `--all` or `--only 7`; CI runs 1-6.
 
 Logs of every process of the last run: `target/netlab/s<N>-<a|b|broker|coturn>.log`.
 ";
@@ -1139,82 +1124,20 @@ fn run_scenario(
 /// Chromium's executable (Debian's `chromium` package).
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// Loaded into the Chromium harness's node (`--import`): every page of the browser it
-/// launches gets an init script that (1) gives each `RTCPeerConnection` the scenario's
-/// ICE servers (the harness itself configures none: it is made for loopback runs) and
-/// (2) logs the selected candidate pair once connected, in `glare peer`'s words
-/// (`candidate pair LOCALTYPE/REMOTETYPE ADDR:PORT -> ADDR:PORT`), which the harness
-/// forwards to stderr (`GLARE_CHROMIUM_CONSOLE`). It patches the playwright-core module
-/// instance the harness imports (same file URL), nothing on disk.
-const CHROMIUM_PRELOAD: &str = r#"// Written by `cargo xtask netlab` (scenario 7); see xtask/src/netlab.rs.
-import { chromium } from "@PLAYWRIGHT@";
-const script = `(() => {
-  const ice = @ICE@;
-  const Base = window.RTCPeerConnection;
-  const pairLine = async (pc) => {
-    const stats = await pc.getStats();
-    let pair = null;
-    stats.forEach((s) => {
-      if (s.type === "transport" && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
-    });
-    if (!pair) stats.forEach((s) => { if (!pair && s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s; });
-    if (!pair) return "candidate pair unknown";
-    const l = stats.get(pair.localCandidateId);
-    const r = stats.get(pair.remoteCandidateId);
-    return "candidate pair " + l.candidateType + "/" + r.candidateType + " " + l.address + ":" + l.port + " -> " + r.address + ":" + r.port;
-  };
-  class NetlabPeerConnection extends Base {
-    constructor(config, ...rest) {
-      super({ ...(config ?? {}), iceServers: ice }, ...rest);
-      let shown = false;
-      this.addEventListener("connectionstatechange", () => {
-        if (shown || this.connectionState !== "connected") return;
-        shown = true;
-        pairLine(this).then((line) => console.log(line), (e) => console.log("candidate pair stats failed: " + e));
-      });
-    }
-  }
-  window.RTCPeerConnection = NetlabPeerConnection;
-})();`;
-const launch = chromium.launchPersistentContext.bind(chromium);
-chromium.launchPersistentContext = async (...args) => {
-  const context = await launch(...args);
-  await context.addInitScript({ content: script });
-  return context;
-};
-"#;
-
 /// The command line (before `--dial … --send …`) of peer a as Chromium: the interop
-/// harness under node with [`CHROMIUM_PRELOAD`], host addresses not hidden behind mDNS
-/// names (a `glare peer` does not resolve `.local`), HOME and TMPDIR in `work`.
+/// harness (which prints the selected `candidate pair` on stderr as `glare peer`
+/// does), the scenario's ICE servers as `--ice` URLs, host addresses not hidden behind
+/// mDNS names (a `glare peer` does not resolve `.local`), HOME and TMPDIR in `work`.
 fn chromium_args(sc: &Scenario, broker_url: &str, work: &Path) -> Result<Vec<String>> {
     let interop = project_root().join("interop");
-    let ice = format!(
-        "[{}]",
-        sc.ice[0]
-            .iter()
-            .map(|s| s.browser())
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    let playwright = interop.join("node_modules/playwright-core/index.mjs");
-    let preload = work.join(format!("s{}-chromium-preload.mjs", sc.id));
-    std::fs::write(
-        &preload,
-        CHROMIUM_PRELOAD
-            .replace("@PLAYWRIGHT@", &format!("file://{}", playwright.display()))
-            .replace("@ICE@", &ice),
-    )?;
     let home = work.join(format!("s{}-chromium-home", sc.id));
     let _ = std::fs::remove_dir_all(&home);
     std::fs::create_dir_all(&home)?;
     let home = home.to_string_lossy().into_owned();
-    Ok(vec![
+    let mut args: Vec<String> = vec![
         "env".into(),
         format!("HOME={home}"),
         format!("TMPDIR={home}"),
-        format!("NODE_OPTIONS=--import=file://{}", preload.display()),
-        "GLARE_CHROMIUM_CONSOLE=1".into(),
         "node".into(),
         interop
             .join("peer-chromium.mjs")
@@ -1230,7 +1153,11 @@ fn chromium_args(sc: &Scenario, broker_url: &str, work: &Path) -> Result<Vec<Str
         sc.timeout_secs.to_string(),
         "--count".into(),
         "1".into(),
-    ])
+    ];
+    for server in sc.ice[0] {
+        args.extend(["--ice".into(), server.url()]);
+    }
+    Ok(args)
 }
 
 /// Sets the flag when dropped (stops a helper thread when its scenario returns).
