@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use futures_util::FutureExt as _;
 use glare::client::WatchEvent;
 use glare::file::{self, FILE_LABEL, Report};
 use glare::{CandidatePair, Config, Connection, DataChannel, HostFilter, IceServer, Peer, Role};
@@ -566,11 +567,23 @@ pub(crate) async fn run(o: Options) -> Result<(), String> {
     let result = loop {
         if o.count.is_some_and(|n| finished >= n) {
             if o.echo {
-                // PROTOCOL.md §5: the echo side keeps its links up until the peers
-                // have closed the channels they opened (bounded).
-                let drained = tokio::time::timeout(ECHO_DRAIN, quiet(&mut served));
-                if drained.await.is_err() {
-                    tracing::debug!("channels still open after the echo drain");
+                // The echo side keeps its links up until the peers have closed the
+                // channels they opened (bounded; Ctrl-C and --timeout still apply).
+                let deadline = deadline.map_or_else(
+                    || std::future::pending().boxed(),
+                    |d| tokio::time::sleep_until(d).boxed(),
+                );
+                tokio::select! {
+                    r = tokio::time::timeout(ECHO_DRAIN, quiet(&mut served)) => {
+                        if r.is_err() {
+                            tracing::debug!("channels still open after the echo drain");
+                        }
+                    }
+                    () = &mut stop => {}
+                    () = deadline => {
+                        let secs = o.timeout.unwrap_or_default().as_secs_f64();
+                        break Err(format!("not done within --timeout {secs}s"));
+                    }
                 }
             }
             break Ok(());
