@@ -1107,6 +1107,14 @@ fn run_scenario(
         outcome.verified = false;
         outcome.error = Some("the NAT mapping was never flushed mid-transfer".into());
     }
+    if sc.flush_nat && outcome.error.is_none() && !pairs.iter().any(|p| p.ends_with("(changed)")) {
+        // The path must actually have died: ICE moved the link to another pair.
+        outcome.verified = false;
+        outcome.error = Some(format!(
+            "the file arrived but neither peer reported a new candidate pair after the flush ({} / {})",
+            pairs[0], pairs[1]
+        ));
+    }
     outcome.candidates = format!("{} / {}", pairs[0], pairs[1]);
     if !outcome.verified && outcome.error.is_none() {
         outcome.error = Some(format!(
