@@ -624,15 +624,14 @@ impl TurnClient {
             encode_channel_data(c.number, payload, self.reliable, out);
             return SendOutcome::Wrapped;
         }
-        if self.permissions.get(&peer.ip()).is_some_and(|p| p.refused) {
-            return SendOutcome::Dropped("peer refused by the server");
-        }
-        if !self.permissions.contains_key(&peer.ip()) {
+        let ip = peer.ip();
+        if !self.permissions.contains_key(&ip) {
+            // The first datagram to this peer: ask for a permission (once).
             if self.permissions.len() >= self.config.max_peers {
                 return SendOutcome::Dropped("too many peers");
             }
             self.permissions.insert(
-                peer.ip(),
+                ip,
                 Permission {
                     installed: false,
                     pending: true,
@@ -643,17 +642,17 @@ impl TurnClient {
                     queued: Vec::new(),
                 },
             );
-            self.start(now, Kind::Permission { ip: peer.ip() }, 0);
+            self.start(now, Kind::Permission { ip }, 0);
         }
-        let installed = self
-            .permissions
-            .get(&peer.ip())
-            .is_some_and(|p| p.installed);
-        if !installed {
-            let max_queued = self.config.max_queued;
-            let Some(p) = self.permissions.get_mut(&peer.ip()) else {
-                return SendOutcome::Dropped("no permission");
-            };
+        // One lookup on the per-datagram path (until a channel is bound).
+        let max_queued = self.config.max_queued;
+        let Some(p) = self.permissions.get_mut(&ip) else {
+            return SendOutcome::Dropped("no permission");
+        };
+        if p.refused {
+            return SendOutcome::Dropped("peer refused by the server");
+        }
+        if !p.installed {
             if p.queued.len() >= max_queued {
                 return SendOutcome::Dropped("permission queue full");
             }
@@ -664,9 +663,7 @@ impl TurnClient {
             p.queued.push(wrapped);
             return SendOutcome::Queued;
         }
-        if let Some(p) = self.permissions.get_mut(&peer.ip()) {
-            p.used = true;
-        }
+        p.used = true;
         if !encode_send(peer, payload, out) {
             return SendOutcome::Dropped("cannot encode");
         }
