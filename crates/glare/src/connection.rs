@@ -64,45 +64,16 @@ pub struct Stats {
     pub candidate_pair: Option<CandidatePair>,
 }
 
-/// An ICE candidate type, named as in SDP (`typ host` …).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum CandidateType {
-    /// An address of a local interface.
-    Host,
-    /// A public address learnt from a STUN server.
-    ServerReflexive,
-    /// An address learnt from a connectivity check (never signalled).
-    PeerReflexive,
-    /// An address on a TURN server.
-    Relay,
-}
+/// An ICE candidate type, named as in SDP (`typ host` …; `Display` prints that name).
+pub use glare_proto::sdp::CandidateKind as CandidateType;
 
-impl CandidateType {
-    /// The SDP name: `host`, `srflx`, `prflx` or `relay`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Host => "host",
-            Self::ServerReflexive => "srflx",
-            Self::PeerReflexive => "prflx",
-            Self::Relay => "relay",
-        }
-    }
-
-    fn from_str0m(kind: glare_rtc::str0m::CandidateKind) -> Self {
-        use glare_rtc::str0m::CandidateKind as K;
-        match kind {
-            K::Host => Self::Host,
-            K::ServerReflexive => Self::ServerReflexive,
-            K::PeerReflexive => Self::PeerReflexive,
-            K::Relayed => Self::Relay,
-        }
-    }
-}
-
-impl std::fmt::Display for CandidateType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+fn candidate_type(kind: glare_rtc::str0m::CandidateKind) -> CandidateType {
+    use glare_rtc::str0m::CandidateKind as K;
+    match kind {
+        K::Host => CandidateType::Host,
+        K::ServerReflexive => CandidateType::ServerReflexive,
+        K::PeerReflexive => CandidateType::PeerReflexive,
+        K::Relayed => CandidateType::Relay,
     }
 }
 
@@ -127,8 +98,8 @@ impl From<glare_rtc::CandidatePair> for CandidatePair {
             remote: p.remote,
             local_type: p
                 .local_kind
-                .map_or(CandidateType::PeerReflexive, CandidateType::from_str0m),
-            remote_type: CandidateType::from_str0m(p.remote_kind),
+                .map_or(CandidateType::PeerReflexive, candidate_type),
+            remote_type: candidate_type(p.remote_kind),
         }
     }
 }
