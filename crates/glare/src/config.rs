@@ -55,6 +55,10 @@ pub struct Config {
     /// falls below this (at most half the channel's current write limit is used).
     /// Default 256 KiB.
     pub buffered_amount_low: usize,
+    /// How often a link refreshes its statistics (selected candidate pair, RTT, for
+    /// [`Connection::stats`](crate::Connection::stats) and for growing the channels'
+    /// write limit with the RTT); `None`: never. Default 1 s.
+    pub stats_interval: Option<Duration>,
     /// Broker client settings (timeouts, reconnect backoff, transport).
     pub client: glare_client::Options,
     /// How long STUN queries and TURN allocations may take when the peer starts.
@@ -72,6 +76,7 @@ impl Default for Config {
             negotiator: glare_negotiate::Config::default(),
             sctp_send_buffer: 1024 * 1024,
             buffered_amount_low: 256 * 1024,
+            stats_interval: Some(Duration::from_secs(1)),
             client: glare_client::Options::default(),
             stun_timeout: Duration::from_secs(3),
         }

@@ -178,9 +178,6 @@ pub(crate) struct Link {
 /// How long a link whose peer closed the transport waits for the peer's `bye`.
 const BYE_GRACE: Duration = Duration::from_millis(500);
 
-/// How often str0m refreshes a link's peer statistics (selected pair, RTT).
-const STATS_INTERVAL: Duration = Duration::from_millis(200);
-
 impl Link {
     /// Opens a channel and registers its queue: the user side gets the receiver.
     pub(crate) fn open_channel(
@@ -678,9 +675,7 @@ impl Endpoint {
         rtc_config.negotiator = self.config.negotiator.clone();
         rtc_config.sctp_max_buffered_amount = self.config.sctp_send_buffer;
         rtc_config.buffered_amount_low_threshold = self.config.buffered_amount_low;
-        // The selected pair and RTT of `Connection::stats` come with these refreshes;
-        // `glare peer` prints the pair soon after connecting.
-        rtc_config.stats_interval = Some(STATS_INTERVAL);
+        rtc_config.stats_interval = self.config.stats_interval;
         let mut conn = glare_rtc::Connection::new(now, rtc_config);
         for addr in host {
             if let Err(e) = conn.add_local_candidate(*addr) {

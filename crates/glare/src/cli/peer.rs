@@ -126,6 +126,8 @@ pub(crate) struct Options {
 
 fn config(bind: Option<IpAddr>, ice: &[String]) -> Result<Config, String> {
     let mut config = Config::default();
+    // The `candidate pair` line comes with a statistics refresh: soon after connecting.
+    config.stats_interval = Some(Duration::from_millis(200));
     if let Some(ip) = bind {
         config.bind = SocketAddr::new(ip, 0);
         if ip.is_loopback() {
