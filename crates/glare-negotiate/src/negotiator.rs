@@ -297,6 +297,9 @@ pub struct Stats {
     pub candidates_dropped: u64,
     /// Changes the engine applied without an offer (`create_offer` gave `None`).
     pub applied_without_offer: u64,
+    /// ICE restarts completed: offer/answer exchanges, after the first, that changed
+    /// the local or the remote ICE credentials (either side may have asked).
+    pub ice_restarts: u64,
 }
 
 /// Our offer, waiting for its answer.
@@ -359,6 +362,8 @@ pub struct Negotiator<R = SplitMix64> {
     local_ufrag: Option<String>,
     /// `a=ice-ufrag` of the current local description (restored on rollback).
     current_local_ufrag: Option<String>,
+    /// Local and remote ufrags after the latest completed exchange (counts restarts).
+    negotiated_generation: Option<(Option<String>, Option<String>)>,
     /// The current remote ICE generation.
     remote_ufrag: Option<String>,
     /// Superseded remote generations: their candidates are dropped.
@@ -403,6 +408,7 @@ impl<R: RandomSource> Negotiator<R> {
             descriptions: Descriptions::default(),
             local_ufrag: None,
             current_local_ufrag: None,
+            negotiated_generation: None,
             remote_ufrag: None,
             old_remote_ufrags: VecDeque::new(),
             ignored_ufrags: Vec::new(),
@@ -1024,6 +1030,7 @@ impl<R: RandomSource> Negotiator<R> {
         });
         self.stats.answers_sent += 1;
         self.set_remote_generation(ufrag, engine);
+        self.count_ice_generation();
         self.report_complete();
         Ok(())
     }
@@ -1061,8 +1068,21 @@ impl<R: RandomSource> Negotiator<R> {
         debug!(?ids, "answer applied; changes negotiated");
         self.events.push_back(Event::ChangesNegotiated { ids });
         self.set_remote_generation(ufrag, engine);
+        self.count_ice_generation();
         self.report_complete();
         Ok(())
+    }
+
+    /// An exchange completed: counts an ICE restart if it changed the credentials of
+    /// either side since the previous exchange.
+    fn count_ice_generation(&mut self) {
+        let now = (self.current_local_ufrag.clone(), self.remote_ufrag.clone());
+        if let Some(prev) = self.negotiated_generation.replace(now.clone())
+            && prev != now
+        {
+            self.stats.ice_restarts += 1;
+            debug!(restarts = self.stats.ice_restarts, "ICE restart completed");
+        }
     }
 
     fn report_complete(&mut self) {

@@ -343,6 +343,33 @@ fn old_generation_candidates_are_dropped() {
 }
 
 #[test]
+fn ice_restarts_are_counted_on_both_sides_and_only_restarts() {
+    for seed in 0..20 {
+        let mut sim = connected_pair(seed);
+        let counts = |sim: &Sim| {
+            (
+                sim.side(0, 0).negotiator.stats().ice_restarts,
+                sim.side(0, 1).negotiator.stats().ice_restarts,
+            )
+        };
+        assert_eq!(counts(&sim), (0, 0), "seed {seed}: first exchange");
+        sim.request(0, 1, channel("no-restart"));
+        run_and_check(&mut sim);
+        assert_eq!(counts(&sim), (0, 0), "seed {seed}: a plain renegotiation");
+        sim.request(0, 0, Change::IceRestart);
+        run_and_check(&mut sim);
+        assert_eq!(counts(&sim), (1, 1), "seed {seed}: restart from a");
+        // Both ask at once: glare, one exchange, one restart.
+        sim.request(0, 0, Change::IceRestart);
+        sim.request(0, 1, Change::IceRestart);
+        run_and_check(&mut sim);
+        let (a, b) = counts(&sim);
+        assert_eq!(a, b, "seed {seed}: both sides count the same exchanges");
+        assert!((2..=3).contains(&a), "seed {seed}: {a} restarts");
+    }
+}
+
+#[test]
 fn ice_restart_colliding_with_a_media_change() {
     for seed in 0..50 {
         let mut sim = connected_pair(seed);

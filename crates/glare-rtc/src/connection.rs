@@ -846,6 +846,34 @@ impl Connection {
         Ok(())
     }
 
+    /// Withdraws a local candidate added earlier, e.g. a server-reflexive address or
+    /// a relay that no longer exists after the NAT re-mapped the socket: str0m stops
+    /// using its pairs, and later descriptions leave it out. The peer is not told
+    /// (PROTOCOL.md has no signal for it); an ICE restart replaces its view. `false`
+    /// when no such local candidate is in use. Remote candidates are never touched.
+    pub fn remove_candidate(&mut self, c: &Candidate) -> bool {
+        let Some(i) = self
+            .local_candidates
+            .iter()
+            .position(|(a, k)| *a == c.addr() && *k == c.kind())
+        else {
+            return false;
+        };
+        let removed = self
+            .engine
+            .mutate(|rtc| rtc.direct_api().invalidate_candidate(c));
+        if removed {
+            self.local_candidates.remove(i);
+            debug!(addr = %c.addr(), kind = ?c.kind(), "local candidate withdrawn");
+        }
+        removed
+    }
+
+    /// The local candidates in use (added and not withdrawn), oldest first.
+    pub fn local_candidates(&self) -> &[(SocketAddr, CandidateKind)] {
+        &self.local_candidates
+    }
+
     /// Trickles end-of-candidates for the current local ICE generation.
     pub fn end_of_candidates(&mut self) {
         let mut end = IceCandidate::end_of_candidates("");

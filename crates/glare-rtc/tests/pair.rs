@@ -793,6 +793,90 @@ fn old_generation_candidates_are_dropped() {
     assert!(p.peers[0].is_connected() && p.peers[1].is_connected());
 }
 
+/// The candidates lines of the descriptions and candidate signals in `signals`.
+fn candidate_lines(signals: &[Signal]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in signals {
+        match s {
+            Signal::Description { description, .. } => out.extend(
+                description
+                    .sdp
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("a="))
+                    .filter(|l| l.starts_with("candidate:"))
+                    .map(str::to_owned),
+            ),
+            Signal::Candidate(c) => out.push(c.candidate.clone()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// What the facade does when the NAT re-maps the socket: the stale server-reflexive
+/// candidate is withdrawn, the new one added, and the ICE restart's offer carries
+/// the new one and not the old; the restart is counted on both sides.
+#[test]
+fn a_withdrawn_candidate_leaves_the_restart_offer_and_a_new_one_joins_it() {
+    let mut p = Pair::new(87);
+    let base = p.addrs[0];
+    let stale =
+        str0m::Candidate::server_reflexive("203.0.113.7:5000".parse().unwrap(), base, "udp")
+            .unwrap();
+    let fresh =
+        str0m::Candidate::server_reflexive("203.0.113.7:40000".parse().unwrap(), base, "udp")
+            .unwrap();
+    p.peers[0].add_candidate(stale.clone()).unwrap();
+    p.peers[0].dial(p.now).unwrap();
+    let first = take_signals(&mut p, 0);
+    assert!(
+        candidate_lines(&first)
+            .iter()
+            .any(|l| l.contains(" 5000 typ srflx"))
+    );
+    for s in first {
+        p.peers[1].handle_signal(p.now, s).unwrap();
+    }
+    p.run_until(Duration::from_secs(10), |p| {
+        p.connected(0) && p.connected(1) && stable_and_empty(p)
+    });
+    assert_eq!(p.peers[0].negotiator().stats().ice_restarts, 0);
+
+    // Not ours: a remote candidate's address, and one never added.
+    let remote_host = str0m::Candidate::host(p.addrs[1], "udp").unwrap();
+    assert!(!p.peers[0].remove_candidate(&remote_host));
+    assert!(!p.peers[0].remove_candidate(&fresh));
+    assert!(p.peers[0].remove_candidate(&stale));
+    assert!(!p.peers[0].remove_candidate(&stale), "withdrawn once");
+    p.peers[0].add_candidate(fresh).unwrap();
+    p.peers[0].request(Change::IceRestart).unwrap();
+    let restart = take_signals(&mut p, 0);
+    let offers: Vec<Signal> = restart
+        .iter()
+        .filter(|s| matches!(s, Signal::Description { .. }))
+        .cloned()
+        .collect();
+    assert_eq!(offers.len(), 1);
+    let lines = candidate_lines(&offers);
+    assert!(
+        lines.iter().any(|l| l.contains(" 40000 typ srflx")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains(" 5000 typ srflx")),
+        "{lines:?}"
+    );
+    for s in restart {
+        p.peers[1].handle_signal(p.now, s).unwrap();
+    }
+    p.run_until(Duration::from_secs(20), |p| {
+        stable_and_empty(p) && p.peers[0].is_connected() && p.peers[1].is_connected()
+    });
+    for i in 0..2 {
+        assert_eq!(p.peers[i].negotiator().stats().ice_restarts, 1, "side {i}");
+    }
+}
+
 #[test]
 fn ice_restart_colliding_with_a_media_change() {
     let mut p = Pair::new(85);

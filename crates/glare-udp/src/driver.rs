@@ -123,6 +123,7 @@ impl std::fmt::Display for ConnectionId {
 }
 
 type CallFn<C> = Box<dyn FnOnce(&mut C, Instant) + Send>;
+type CallAllFn<C> = Box<dyn FnMut(&mut C, Instant) + Send>;
 
 enum Command<C> {
     Add {
@@ -136,6 +137,10 @@ enum Command<C> {
     Call {
         id: ConnectionId,
         f: CallFn<C>,
+    },
+    CallAll {
+        f: CallAllFn<C>,
+        reply: oneshot::Sender<usize>,
     },
     Stats {
         reply: oneshot::Sender<Stats>,
@@ -208,6 +213,40 @@ pub struct Driver<C> {
     local: SocketAddr,
 }
 
+/// A [`Driver`] that does not keep its reactor running: [`upgrade`](Self::upgrade)
+/// gives the driver back while some [`Driver`] or [`ConnectionHandle`] still does.
+pub struct WeakDriver<C> {
+    tx: mpsc::WeakSender<Command<C>>,
+    local: SocketAddr,
+}
+
+impl<C> WeakDriver<C> {
+    /// The driver, unless every strong handle is gone (the reactor is stopping).
+    pub fn upgrade(&self) -> Option<Driver<C>> {
+        Some(Driver {
+            tx: self.tx.upgrade()?,
+            local: self.local,
+        })
+    }
+}
+
+impl<C> Clone for WeakDriver<C> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            local: self.local,
+        }
+    }
+}
+
+impl<C> std::fmt::Debug for WeakDriver<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakDriver")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<C> std::fmt::Debug for Driver<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Driver")
@@ -240,6 +279,7 @@ impl<C> std::fmt::Debug for Command<C> {
             Self::Add { .. } => "Add",
             Self::Remove { .. } => "Remove",
             Self::Call { .. } => "Call",
+            Self::CallAll { .. } => "CallAll",
             Self::Stats { .. } => "Stats",
             Self::Stun { .. } => "Stun",
             Self::Allocate { .. } => "Allocate",
@@ -254,6 +294,31 @@ impl<C: Connection> Driver<C> {
     /// The address the socket is bound to (the IP may be a wildcard).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// A handle that does not keep the reactor running (see [`spawn`]): for tasks
+    /// that serve the driver's owner, not the driver.
+    pub fn downgrade(&self) -> WeakDriver<C> {
+        WeakDriver {
+            tx: self.tx.downgrade(),
+            local: self.local,
+        }
+    }
+
+    /// Runs `f` on every connection inside the reactor task (with the reactor's
+    /// `now`), then drains their transmits; returns how many it ran on. For what
+    /// concerns the whole socket, e.g. new local candidates after a NAT re-mapped it.
+    pub async fn call_all<F>(&self, f: F) -> Result<usize, DriverError>
+    where
+        F: FnMut(&mut C, Instant) + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::CallAll {
+            f: Box::new(f),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| DriverError::Closed)
     }
 
     async fn send(&self, command: Command<C>) -> Result<(), DriverError> {
@@ -698,6 +763,24 @@ impl<C: Connection> Reactor<C> {
             Command::Call { id, f } => {
                 if let Some(entry) = self.entry_mut(id) {
                     f(&mut entry.connection, now);
+                    self.mark_dirty(id);
+                }
+            }
+            Command::CallAll { mut f, reply } => {
+                let mut ids = Vec::new();
+                for (index, slot) in self.slots.iter_mut().enumerate() {
+                    if let Some(entry) = slot.entry.as_mut() {
+                        f(&mut entry.connection, now);
+                        // Fewer than 2^32 slots (see `insert`).
+                        let index = u32::try_from(index).expect("fewer than 2^32 connections");
+                        ids.push(ConnectionId {
+                            index,
+                            generation: slot.generation,
+                        });
+                    }
+                }
+                let _ = reply.send(ids.len());
+                for id in ids {
                     self.mark_dirty(id);
                 }
             }

@@ -155,7 +155,7 @@ mod turn;
 pub use candidates::{HostFilter, host_addresses};
 pub use connection::{Connection, Datagram, Ecn, Transmit};
 pub use driver::RelayCandidate;
-pub use driver::{Config, ConnectionHandle, ConnectionId, Driver, Stats, spawn};
+pub use driver::{Config, ConnectionHandle, ConnectionId, Driver, Stats, WeakDriver, spawn};
 pub use error::{BindError, CandidateError, DriverError, StunError, TurnError, UrlError};
 pub use socket::SocketConfig;
 pub use stun::{ReflexiveCandidate, StunConfig, StunServer};

@@ -302,3 +302,27 @@ async fn handles_and_lifecycle() {
     a.closed().await;
     assert_eq!(a.stats().await, Err(DriverError::Closed));
 }
+
+#[tokio::test]
+async fn call_all_reaches_every_connection_and_a_weak_driver_does_not_keep_it_alive() {
+    let a = glare_udp::spawn::<TestConn>(loopback(), Config::default()).unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut handles = Vec::new();
+    for tag in 0..5 {
+        handles.push(a.add(TestConn::new(tag, tx.clone())).await.unwrap());
+    }
+    handles.remove(2).remove().await.unwrap();
+    assert_eq!(a.call_all(|c, _| c.tag += 100).await, Ok(4));
+    let mut tags = Vec::new();
+    for h in &handles {
+        tags.push(h.call(|c, _| c.tag).await.unwrap());
+    }
+    assert_eq!(tags, [100, 101, 103, 104]);
+
+    let weak = a.downgrade();
+    assert!(weak.upgrade().is_some());
+    drop(handles);
+    drop(a);
+    // Every strong handle is gone: the reactor stops, the weak one cannot revive it.
+    assert!(weak.upgrade().is_none());
+}

@@ -1,5 +1,6 @@
 //! [`Connection`]: the user side of one link.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -47,6 +48,9 @@ pub struct Stats {
     pub rollbacks: u64,
     /// Colliding offers ignored (the impolite side of a glare race).
     pub ignored_offers: u64,
+    /// ICE restarts completed on this link (asked by either side: after a lost path,
+    /// or when this endpoint's NAT re-mapped its socket).
+    pub ice_restarts: u64,
     /// Signals sent over the in-band `glare-signal` channel.
     pub signals_sent_in_band: u64,
     /// Signals received over the in-band `glare-signal` channel.
@@ -58,7 +62,7 @@ pub struct Stats {
     /// Round-trip time of the latest consent check on the selected pair.
     pub rtt: Option<Duration>,
     /// The selected candidate pair `(local, remote)`, as of the latest refresh.
-    pub selected_pair: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    pub selected_pair: Option<(SocketAddr, SocketAddr)>,
     /// The selected candidate pair with its candidate types, as of the latest refresh
     /// (refreshed about once a second, so `None` for a moment after connecting).
     pub candidate_pair: Option<CandidatePair>,
@@ -82,9 +86,9 @@ fn candidate_type(kind: glare_rtc::str0m::CandidateKind) -> CandidateType {
 #[non_exhaustive]
 pub struct CandidatePair {
     /// The local candidate's address.
-    pub local: std::net::SocketAddr,
+    pub local: SocketAddr,
     /// The remote candidate's address.
-    pub remote: std::net::SocketAddr,
+    pub remote: SocketAddr,
     /// The local candidate's type (peer-reflexive when this side never added it).
     pub local_type: CandidateType,
     /// The remote candidate's type (peer-reflexive when it was never signalled).
@@ -366,6 +370,22 @@ impl Connection {
         ))
     }
 
+    /// The local candidates the link offers now (host, server-reflexive, relay),
+    /// oldest first: after a NAT re-mapped the socket, the stale ones are gone and
+    /// the new ones added (see [`Endpoint`](crate::transport::Endpoint)).
+    pub async fn local_candidates(&self) -> Result<Vec<(SocketAddr, CandidateType)>, Error> {
+        Ok(self
+            .handle
+            .call(|link, _| {
+                link.conn
+                    .local_candidates()
+                    .iter()
+                    .map(|(a, k)| (*a, candidate_type(*k)))
+                    .collect()
+            })
+            .await?)
+    }
+
     /// The link's counters.
     pub async fn stats(&self) -> Result<Stats, Error> {
         Ok(self
@@ -388,6 +408,7 @@ impl Connection {
                     answers_applied: n.answers_applied,
                     rollbacks: n.rollbacks,
                     ignored_offers: n.ignored_offers,
+                    ice_restarts: n.ice_restarts,
                     signals_sent_in_band: r.signals_sent_in_band,
                     signals_received_in_band: r.signals_received_in_band,
                     frames_sent: r.frames_sent,

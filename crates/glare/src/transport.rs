@@ -173,6 +173,14 @@ pub(crate) struct Link {
     /// The `glare-signal` channel is not open yet.
     signal_pending: bool,
     pub(crate) counters: Counters,
+    /// The server-reflexive and relay candidates this link was given (so that stale
+    /// ones can be withdrawn exactly as they were added).
+    gathered: Vec<glare_rtc::str0m::Candidate>,
+    /// The base of the link's relay candidates (its first host candidate).
+    base: SocketAddr,
+    /// Asks the endpoint to gather its server-reflexive and relay candidates again
+    /// (`None`: no ICE servers).
+    regather: Option<mpsc::Sender<()>>,
 }
 
 /// How long a link whose peer closed the transport waits for the peer's `bye`.
@@ -269,6 +277,51 @@ impl Link {
             .map_err(|e| Error::with_source(ErrorKind::InvalidInput, "cannot dial", e))
     }
 
+    /// ICE lost its path: the NAT may have re-mapped the socket. Asks the endpoint
+    /// to gather again (one request pending at most; the endpoint rate-limits).
+    fn request_regather(&self) {
+        if let Some(tx) = &self.regather {
+            // Full: a request is pending already. Closed: the endpoint is gone.
+            let _ = tx.try_send(());
+        }
+    }
+
+    /// The endpoint gathered again and its candidates changed: withdraw the stale
+    /// ones, add (and trickle) the fresh ones, and, if ICE has not found a path by
+    /// itself, restart it so that the peer pairs with the new candidates.
+    fn replace_candidates(&mut self, stale: &[SocketAddr], fresh: &[Gatherable]) {
+        if self.over {
+            return;
+        }
+        let mut changed = false;
+        self.gathered.retain(|c| {
+            if !stale.contains(&c.addr()) {
+                return true;
+            }
+            changed |= self.conn.remove_candidate(c);
+            false
+        });
+        let base = self.base;
+        for g in fresh {
+            let Some(c) = g.candidate(base) else { continue };
+            match self.conn.add_candidate(c.clone()) {
+                Ok(()) => {
+                    changed = true;
+                    self.gathered.push(c);
+                }
+                Err(e) => debug!(addr = %c.addr(), error = %e, "fresh candidate not added"),
+            }
+        }
+        // A link that never connected has no path to repair; its first exchange
+        // carries (or its trickle brings) the candidates.
+        if changed && !self.conn.is_connected() && self.conn.stats().connected_at.is_some() {
+            match self.conn.request(glare_negotiate::Change::IceRestart) {
+                Ok(id) => debug!(%id, "ICE restart with the fresh candidates"),
+                Err(e) => debug!(error = %e, "no ICE restart for the fresh candidates"),
+            }
+        }
+    }
+
     fn finish(&mut self, state: State) {
         if self.over {
             return;
@@ -315,7 +368,9 @@ impl Link {
                 }
                 NegEvent::Disconnected => {
                     self.status.send_modify(|s| s.state = State::Disconnected);
+                    self.request_regather();
                 }
+                NegEvent::IceRestartQueued { .. } => self.request_regather(),
                 NegEvent::Failed(reason) => self.finish(State::Failed(reason.to_string())),
                 NegEvent::Closed { by_remote, reason } => {
                     self.finish(State::Closed { by_remote, reason });
@@ -521,19 +576,227 @@ impl Signals {
     }
 }
 
+/// A server-reflexive or relay candidate of an endpoint, offered by all its links.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Gatherable {
+    /// From a STUN server: the socket's address outside the NAT, and its base.
+    Reflexive { addr: SocketAddr, base: SocketAddr },
+    /// A TURN allocation's relayed address.
+    Relay { relayed: SocketAddr },
+}
+
+impl Gatherable {
+    fn addr(&self) -> SocketAddr {
+        match *self {
+            Self::Reflexive { addr, .. } => addr,
+            Self::Relay { relayed } => relayed,
+        }
+    }
+
+    /// The str0m candidate; a relay's base is the link's first host candidate.
+    fn candidate(&self, relay_base: SocketAddr) -> Option<glare_rtc::str0m::Candidate> {
+        use glare_rtc::str0m::Candidate;
+        let made = match *self {
+            Self::Reflexive { addr, base } => Candidate::server_reflexive(addr, base, "udp"),
+            Self::Relay { relayed } => Candidate::relayed(relayed, relay_base, "udp"),
+        };
+        made.map_err(|e| debug!(candidate = ?self, error = %e, "candidate refused"))
+            .ok()
+    }
+}
+
+/// At most one re-gathering per this interval, however many links ask.
+const REGATHER_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The STUN and TURN servers of an endpoint, split from its ICE server URLs.
+#[derive(Clone, Debug, Default)]
+struct IceServers {
+    stun: Vec<glare_udp::StunServer>,
+    turn: Vec<glare_udp::TurnServer>,
+}
+
+impl IceServers {
+    fn from_config(config: &Config) -> Self {
+        let mut servers = Self::default();
+        for server in &config.ice_servers {
+            match &server.0 {
+                IceServerUrl::Stun(s) => servers.stun.push(s.clone()),
+                IceServerUrl::Turn(t) => servers.turn.push(t.clone()),
+            }
+        }
+        servers
+    }
+
+    fn is_empty(&self) -> bool {
+        self.stun.is_empty() && self.turn.is_empty()
+    }
+}
+
+/// Asks every STUN server for this socket's mapped address and every TURN server in
+/// `turn` for an allocation (a live UDP allocation is returned as it is), within
+/// `limit`. What did not answer is logged and left out.
+async fn gather(
+    driver: &Driver<Link>,
+    stun: &[glare_udp::StunServer],
+    turn: &[glare_udp::TurnServer],
+    limit: Duration,
+) -> Vec<Gatherable> {
+    // Boxed: these futures are large, and the ones that hold this one (`Peer::new`)
+    // would otherwise carry them on the caller's stack.
+    let both = Box::pin(async {
+        tokio::join!(
+            async {
+                if stun.is_empty() {
+                    Vec::new()
+                } else {
+                    Box::pin(driver.server_reflexive(stun)).await
+                }
+            },
+            async {
+                if turn.is_empty() {
+                    Vec::new()
+                } else {
+                    Box::pin(driver.allocate_relays(turn)).await
+                }
+            }
+        )
+    });
+    let mut out = Vec::new();
+    match tokio::time::timeout(limit, both).await {
+        Ok((stun_results, turn_results)) => {
+            for r in stun_results {
+                match r {
+                    Ok(c) => out.push(Gatherable::Reflexive {
+                        addr: c.address,
+                        base: c.base,
+                    }),
+                    Err(e) => warn!(error = %e, "no server-reflexive candidate"),
+                }
+            }
+            for r in turn_results {
+                match r {
+                    Ok(relay) => out.push(Gatherable::Relay {
+                        relayed: relay.relayed,
+                    }),
+                    Err(e) => warn!(error = %e, "no relay candidate"),
+                }
+            }
+        }
+        Err(_) => warn!("ICE servers did not answer in time"),
+    }
+    let mut seen = Vec::with_capacity(out.len());
+    out.retain(|g| {
+        let new = !seen.contains(&g.addr());
+        seen.push(g.addr());
+        new
+    });
+    out
+}
+
+/// Gathers again when a link asks (its ICE lost the path; the NAT may have re-mapped
+/// the socket), at most once per [`REGATHER_INTERVAL`], and hands what changed to
+/// every link. A changed server-reflexive address means the old mapping is gone, and
+/// with it every UDP allocation made through it: those are released and made again.
+/// Ends when the endpoint and all its links are gone.
+async fn regather_task(
+    driver: glare_udp::WeakDriver<Link>,
+    mut requests: mpsc::Receiver<()>,
+    gathered: Arc<std::sync::Mutex<Vec<Gatherable>>>,
+    servers: IceServers,
+    limit: Duration,
+) {
+    while requests.recv().await.is_some() {
+        let Some(driver) = driver.upgrade() else {
+            return;
+        };
+        let old = gathered.lock().map(|g| g.clone()).unwrap_or_default();
+        let mut reflexive = gather(&driver, &servers.stun, &[], limit).await;
+        let old_reflexive: Vec<Gatherable> = old
+            .iter()
+            .filter(|g| matches!(g, Gatherable::Reflexive { .. }))
+            .copied()
+            .collect();
+        if reflexive.is_empty() {
+            // No STUN server answered: keep what we had rather than withdraw it.
+            reflexive = old_reflexive.clone();
+        }
+        let remapped = reflexive.iter().any(|g| !old_reflexive.contains(g));
+        let udp_turn: Vec<glare_udp::TurnServer> = servers
+            .turn
+            .iter()
+            .filter(|t| t.transport() == glare_udp::TurnTransport::Udp)
+            .cloned()
+            .collect();
+        let alive = driver.relays().await.unwrap_or_default();
+        if remapped {
+            for relay in &alive {
+                if relay.transport == glare_udp::TurnTransport::Udp {
+                    debug!(relayed = %relay.relayed, "releasing an allocation made through the old mapping");
+                    let _ = driver.release_relay(relay.relayed).await;
+                }
+            }
+        }
+        let mut relays: Vec<Gatherable> = alive
+            .iter()
+            .filter(|r| !remapped || r.transport != glare_udp::TurnTransport::Udp)
+            .map(|r| Gatherable::Relay { relayed: r.relayed })
+            .collect();
+        for g in gather(&driver, &[], &udp_turn, limit).await {
+            if !relays.contains(&g) {
+                relays.push(g);
+            }
+        }
+        let mut fresh_set = reflexive;
+        fresh_set.extend(relays);
+        let stale: Vec<SocketAddr> = old
+            .iter()
+            .filter(|g| !fresh_set.contains(g))
+            .map(Gatherable::addr)
+            .collect();
+        let fresh: Vec<Gatherable> = fresh_set
+            .iter()
+            .filter(|g| !old.contains(g))
+            .copied()
+            .collect();
+        if stale.is_empty() && fresh.is_empty() {
+            debug!("gathered again: candidates unchanged");
+        } else {
+            debug!(?stale, ?fresh, "gathered again: candidates changed");
+            if let Ok(mut g) = gathered.lock() {
+                g.clone_from(&fresh_set);
+            }
+            match driver
+                .call_all(move |link, _| link.replace_candidates(&stale, &fresh))
+                .await
+            {
+                Ok(n) => debug!(links = n, "links given the new candidates"),
+                Err(e) => debug!(error = %e, "links not reached"),
+            }
+        }
+        drop(driver);
+        tokio::time::sleep(REGATHER_INTERVAL).await;
+    }
+}
+
 /// One UDP socket with its reactor and local candidates; links are made on it.
+///
+/// Server-reflexive and relay candidates are gathered when it binds, and again when
+/// a link loses its ICE path: if the socket's mapped address changed (a NAT re-mapped
+/// it), every link withdraws the stale candidates, adds the new ones, and a link that
+/// has not found a path by itself restarts ICE with them.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     driver: Driver<Link>,
     host: Vec<SocketAddr>,
-    reflexive: Vec<(SocketAddr, SocketAddr)>,
-    relays: Vec<SocketAddr>,
+    gathered: Arc<std::sync::Mutex<Vec<Gatherable>>>,
+    regather: Option<mpsc::Sender<()>>,
     config: Arc<Config>,
 }
 
 impl Endpoint {
     /// Binds the socket of `config.bind`, finds host candidates and asks the `stun:`
-    /// servers for server-reflexive ones (within `config.stun_timeout`).
+    /// servers for server-reflexive ones and the `turn:` servers for relays (within
+    /// `config.stun_timeout`).
     ///
     /// Must be called inside a tokio runtime.
     pub async fn bind(config: Config) -> Result<Self, Error> {
@@ -562,64 +825,43 @@ impl Endpoint {
                 ),
             ));
         }
-        let mut stun = Vec::new();
-        let mut turn = Vec::new();
-        for server in &config.ice_servers {
-            match &server.0 {
-                IceServerUrl::Stun(s) => stun.push(s.clone()),
-                IceServerUrl::Turn(t) => turn.push(t.clone()),
-            }
-        }
-        let mut reflexive = Vec::new();
-        let mut relays = Vec::new();
-        // Boxed: these futures are large, and the ones that hold this one (`Peer::new`)
-        // would otherwise carry them on the caller's stack.
-        let gather = Box::pin(async {
-            tokio::join!(
-                async {
-                    if stun.is_empty() {
-                        Vec::new()
-                    } else {
-                        Box::pin(driver.server_reflexive(&stun)).await
-                    }
-                },
-                async {
-                    if turn.is_empty() {
-                        Vec::new()
-                    } else {
-                        Box::pin(driver.allocate_relays(&turn)).await
-                    }
-                }
-            )
+        let servers = IceServers::from_config(&config);
+        let gathered = gather(&driver, &servers.stun, &servers.turn, config.stun_timeout).await;
+        debug!(local = %driver.local_addr(), ?host, ?gathered, "endpoint ready");
+        let gathered = Arc::new(std::sync::Mutex::new(gathered));
+        let regather = (!servers.is_empty()).then(|| {
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(regather_task(
+                driver.downgrade(),
+                rx,
+                Arc::clone(&gathered),
+                servers,
+                config.stun_timeout,
+            ));
+            tx
         });
-        match tokio::time::timeout(config.stun_timeout, gather).await {
-            Ok((stun_results, turn_results)) => {
-                for r in stun_results {
-                    match r {
-                        Ok(c) if !reflexive.iter().any(|(a, _)| *a == c.address) => {
-                            reflexive.push((c.address, c.base));
-                        }
-                        Ok(_) => {}
-                        Err(e) => warn!(error = %e, "no server-reflexive candidate"),
-                    }
-                }
-                for r in turn_results {
-                    match r {
-                        Ok(relay) => relays.push(relay.relayed),
-                        Err(e) => warn!(error = %e, "no relay candidate"),
-                    }
-                }
-            }
-            Err(_) => warn!("ICE servers did not answer in time"),
-        }
-        debug!(local = %driver.local_addr(), ?host, ?reflexive, ?relays, "endpoint ready");
         Ok(Self {
             driver,
             host,
-            reflexive,
-            relays,
+            gathered,
+            regather,
             config: Arc::new(config),
         })
+    }
+
+    /// Gathers the server-reflexive and relay candidates again, in the background,
+    /// as a link that loses its path makes it do: call it when the host's network
+    /// changed. What changed reaches every link (see [`Endpoint`]). Nothing happens
+    /// without ICE servers; requests closer together than 2 s are served together.
+    pub fn regather(&self) {
+        if let Some(tx) = &self.regather {
+            // Full: a request is pending already.
+            let _ = tx.try_send(());
+        }
+    }
+
+    fn gathered(&self) -> Vec<Gatherable> {
+        self.gathered.lock().map(|g| g.clone()).unwrap_or_default()
     }
 
     /// The socket's address (the IP may be a wildcard).
@@ -632,14 +874,28 @@ impl Endpoint {
         &self.host
     }
 
-    /// The server-reflexive addresses STUN gave (`(address, base)`).
-    pub fn reflexive_candidates(&self) -> &[(SocketAddr, SocketAddr)] {
-        &self.reflexive
+    /// The server-reflexive addresses STUN gave (`(address, base)`), as of the
+    /// latest gathering.
+    pub fn reflexive_candidates(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        self.gathered()
+            .iter()
+            .filter_map(|g| match *g {
+                Gatherable::Reflexive { addr, base } => Some((addr, base)),
+                Gatherable::Relay { .. } => None,
+            })
+            .collect()
     }
 
-    /// The relayed addresses TURN servers allocated for this socket.
-    pub fn relay_candidates(&self) -> &[SocketAddr] {
-        &self.relays
+    /// The relayed addresses TURN servers allocated for this socket, as of the
+    /// latest gathering.
+    pub fn relay_candidates(&self) -> Vec<SocketAddr> {
+        self.gathered()
+            .iter()
+            .filter_map(|g| match *g {
+                Gatherable::Relay { relayed } => Some(relayed),
+                Gatherable::Reflexive { .. } => None,
+            })
+            .collect()
     }
 
     /// The configuration.
@@ -682,25 +938,13 @@ impl Endpoint {
                 debug!(%addr, error = %e, "host candidate not added");
             }
         }
-        for (addr, base) in &self.reflexive {
-            match glare_rtc::str0m::Candidate::server_reflexive(*addr, *base, "udp") {
-                Ok(c) => {
-                    if let Err(e) = conn.add_candidate(c) {
-                        debug!(%addr, error = %e, "reflexive candidate not added");
-                    }
-                }
-                Err(e) => debug!(%addr, error = %e, "reflexive candidate refused"),
-            }
-        }
         let base = host.first().copied().unwrap_or(self.driver.local_addr());
-        for relayed in &self.relays {
-            match glare_rtc::str0m::Candidate::relayed(*relayed, base, "udp") {
-                Ok(c) => {
-                    if let Err(e) = conn.add_candidate(c) {
-                        debug!(%relayed, error = %e, "relay candidate not added");
-                    }
-                }
-                Err(e) => debug!(%relayed, error = %e, "relay candidate refused"),
+        let mut gathered = Vec::new();
+        for g in self.gathered() {
+            let Some(c) = g.candidate(base) else { continue };
+            match conn.add_candidate(c.clone()) {
+                Ok(()) => gathered.push(c),
+                Err(e) => debug!(candidate = ?g, error = %e, "candidate not added"),
             }
         }
         let (signals_tx, signals_rx) = mpsc::unbounded_channel();
@@ -729,6 +973,9 @@ impl Endpoint {
             transport_closed: None,
             signal_pending: true,
             counters: Counters::default(),
+            gathered,
+            base,
+            regather: self.regather.clone(),
         };
         let handle = self.driver.add(link).await?;
         Ok((

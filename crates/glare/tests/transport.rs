@@ -252,3 +252,174 @@ async fn gso_and_gro_on_or_off_deliver_identical_bytes() {
     .await
     .expect("within the time limit");
 }
+
+/// A STUN server on loopback that answers every Binding request with the mapped
+/// address the test sets (as a NAT would after re-mapping the socket), for at most
+/// 200 requests or until the test ends.
+async fn stun_server(mapped: std::sync::Arc<std::sync::Mutex<SocketAddr>>) -> SocketAddr {
+    use stun_rs::attributes::stun::XorMappedAddress;
+    use stun_rs::methods::BINDING;
+    use stun_rs::{MessageClass, MessageDecoderBuilder, MessageEncoderBuilder, StunMessageBuilder};
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0; 1500];
+        for _ in 0..200 {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok((request, _)) = MessageDecoderBuilder::default().build().decode(&buf[..n])
+            else {
+                continue;
+            };
+            let answer = *mapped.lock().unwrap();
+            let reply = StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse)
+                .with_transaction_id(*request.transaction_id())
+                .with_attribute(XorMappedAddress::from(answer))
+                .build();
+            let mut out = [0; 256];
+            let n = MessageEncoderBuilder::default()
+                .build()
+                .encode(&mut out, &reply)
+                .unwrap();
+            let _ = socket.send_to(&out[..n], from).await;
+        }
+    });
+    addr
+}
+
+/// The candidate lines of a signal (a description's `a=candidate` lines, or a
+/// trickled candidate).
+fn candidate_lines(s: &glare::proto::signal::Signal) -> Vec<String> {
+    match s {
+        glare::proto::signal::Signal::Description { description, .. } => description
+            .sdp
+            .lines()
+            .filter_map(|l| l.strip_prefix("a="))
+            .filter(|l| l.starts_with("candidate:"))
+            .map(str::to_owned)
+            .collect(),
+        glare::proto::signal::Signal::Candidate(c) => vec![c.candidate.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// The server-reflexive candidates a link offers now.
+async fn srflx_of(c: &Connection) -> Vec<SocketAddr> {
+    c.local_candidates()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(_, t)| *t == glare::CandidateType::ServerReflexive)
+        .map(|(a, _)| a)
+        .collect()
+}
+
+/// The socket's mapped address changes (a NAT re-mapped it): gathering again gives
+/// the live link the new server-reflexive candidate and withdraws the old one,
+/// leaves a connected link connected (no restart for it), a restart then completes
+/// with the new candidates, and new links offer only the new one. (That a
+/// withdrawn candidate leaves the restart offer: glare-rtc's
+/// `a_withdrawn_candidate_leaves_the_restart_offer_and_a_new_one_joins_it`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_mapped_address_reaches_live_links_and_the_old_one_leaves() {
+    // Boxed: the test's future holds many large ones (a debug build's stack).
+    tokio::time::timeout(
+        LIMIT,
+        Box::pin(async {
+            // Nothing listens on 127.0.0.77: checks to these addresses go nowhere.
+            let before: SocketAddr = "127.0.0.77:41000".parse().unwrap();
+            let after: SocketAddr = "127.0.0.77:42000".parse().unwrap();
+            let mapped = std::sync::Arc::new(std::sync::Mutex::new(before));
+            let stun = stun_server(std::sync::Arc::clone(&mapped)).await;
+            let mut config = Config::loopback();
+            config
+                .ice_servers
+                .push(glare::IceServer::parse(&format!("stun:{stun}")).unwrap());
+            let ea = Endpoint::bind(config).await.unwrap();
+            let eb = Endpoint::bind(Config::loopback()).await.unwrap();
+            let reflexive = |e: &Endpoint| {
+                e.reflexive_candidates()
+                    .iter()
+                    .map(|c| c.0)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(reflexive(&ea), [before]);
+
+            // Signals pass through a tap that keeps a copy of what goes through the
+            // caller (before the in-band channel is open, all of them).
+            let (ca, mut sa) = ea.connection().await.unwrap();
+            let (cb, sb) = eb.connection().await.unwrap();
+            pump(sb, ca.clone());
+            let (tap_tx, mut tap) = tokio::sync::mpsc::unbounded_channel();
+            {
+                let cb = cb.clone();
+                tokio::spawn(async move {
+                    while let Some(s) = sa.next().await {
+                        let _ = tap_tx.send(s.clone());
+                        if cb.handle_signal(s).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            ca.dial().await.unwrap();
+            ca.connected().await.unwrap();
+            cb.connected().await.unwrap();
+            let offer = candidate_lines(&tap.recv().await.expect("the offer"));
+            assert!(
+                offer.iter().any(|l| l.contains(" 41000 typ srflx")),
+                "{offer:?}"
+            );
+            assert_eq!(srflx_of(&ca).await, [before]);
+
+            *mapped.lock().unwrap() = after;
+            ea.regather();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while srflx_of(&ca).await != [after] {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the link gets the new address"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(reflexive(&ea), [after]);
+            // Connected links are left as they are: no restart for them.
+            assert_eq!(ca.state(), glare::State::Connected);
+            assert_eq!(ca.stats().await.unwrap().ice_restarts, 0);
+
+            ca.restart_ice().await.unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while ca.stats().await.unwrap().ice_restarts == 0
+                || cb.stats().await.unwrap().ice_restarts == 0
+            {
+                assert!(tokio::time::Instant::now() < deadline, "restart completes");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(srflx_of(&ca).await, [after]);
+            let ch = ca
+                .open_channel("after", ChannelOptions::default())
+                .await
+                .unwrap();
+            let mut theirs = cb.accept_channel().await.expect("b sees the channel");
+            ch.send_text("still here").await.unwrap();
+            assert_eq!(
+                theirs.recv().await,
+                Some(Message::Text("still here".into()))
+            );
+
+            // A new link on a offers the new address only.
+            let (cc, mut sc) = ea.connection().await.unwrap();
+            cc.dial().await.unwrap();
+            let first = sc.next().await.expect("an offer");
+            let lines = candidate_lines(&first);
+            assert!(
+                lines.iter().any(|l| l.contains(" 42000 typ srflx")),
+                "{lines:?}"
+            );
+            assert!(!lines.iter().any(|l| l.contains(" 41000 ")), "{lines:?}");
+        }),
+    )
+    .await
+    .expect("within the time limit");
+}

@@ -11,7 +11,9 @@ use clap::Args;
 use futures_util::FutureExt as _;
 use glare::client::WatchEvent;
 use glare::file::{self, FILE_LABEL, Report};
-use glare::{CandidatePair, Config, Connection, DataChannel, HostFilter, IceServer, Peer, Role};
+use glare::{
+    CandidatePair, Config, Connection, DataChannel, HostFilter, IceServer, Peer, Role, State,
+};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -327,6 +329,10 @@ async fn handle_link(conn: Connection, ctx: Arc<Ctx>) {
             }
         });
     }
+    {
+        let mut conn = conn.clone();
+        tasks.spawn(async move { report_lost_path(&mut conn).await });
+    }
     if let Some(path) = ctx.send.clone() {
         let conn = conn.clone();
         let ctx = Arc::clone(&ctx);
@@ -393,6 +399,28 @@ async fn print_candidate_pair(conn: &Connection) -> Option<CandidatePair> {
     }
     tracing::debug!(remote = ?conn.remote(), "no candidate pair figures");
     None
+}
+
+/// Prints (stderr) `glare: ICE disconnected` when the link loses its path and
+/// `glare: ICE reconnected, restarts: N` when it has one again (N: ICE restarts
+/// completed on the link so far; netlab parses both).
+async fn report_lost_path(conn: &mut Connection) {
+    let mut lost = false;
+    while let Some(state) = conn.next_state().await {
+        match state {
+            State::Disconnected if !lost => {
+                lost = true;
+                eprintln!("glare: ICE disconnected");
+            }
+            State::Connected if lost => {
+                lost = false;
+                let restarts = conn.stats().await.map_or(0, |s| s.ice_restarts);
+                eprintln!("glare: ICE reconnected, restarts: {restarts}");
+            }
+            s if s.is_over() => return,
+            _ => {}
+        }
+    }
 }
 
 /// After the first pair: prints the line again, marked `(changed)`, each time ICE
