@@ -438,6 +438,10 @@ pub struct Connection {
     repairing: bool,
     /// Descriptions received from the peer (either path).
     descriptions_received: u64,
+    /// The latest offer came through the caller (the broker) although the in-band
+    /// channel was open, and restarts ICE: the peer is repairing a dead path, so the
+    /// answer goes back the same way.
+    answer_via_caller: bool,
     /// When str0m gets its first tick, if nothing ticked it before (see `on_signal`).
     tick_due: Option<Instant>,
     answers_sent: u64,
@@ -491,6 +495,7 @@ impl Connection {
             broker_tail: None,
             repairing: false,
             descriptions_received: 0,
+            answer_via_caller: false,
             tick_due: None,
             answers_sent: 0,
             stats: Stats::default(),
@@ -903,6 +908,9 @@ impl Connection {
     /// `LocalEngine`.
     pub fn handle_signal(&mut self, now: Instant, signal: Signal) -> Result<(), HandleSignalError> {
         self.last_now = now;
+        if is_offer(&signal) {
+            self.answer_via_caller = self.in_band().is_some() && self.is_restart_offer(&signal);
+        }
         self.on_signal(now, signal)
     }
 
@@ -1083,9 +1091,16 @@ impl Connection {
         }
         // While the failure policy repairs a lost transport, the in-band channel
         // cannot carry the ICE restart that would bring it back: use the broker then.
+        // An ICE restart offer through the broker while the in-band channel is open
+        // means the peer has lost the path (though this side may not have noticed
+        // yet): the answer goes back that way. Not for other offers: an answer
+        // through the broker could overtake what this side sent in-band before it
+        // (e.g. its own offer, rolled back in a glare race).
+        let answer_via_caller = kind == Some(glare_proto::signal::SdpKind::Answer)
+            && std::mem::take(&mut self.answer_via_caller);
         let in_band = self
             .in_band()
-            .filter(|_| !self.is_repairing())
+            .filter(|_| !self.is_repairing() && !answer_via_caller)
             .filter(|_| kind.is_none() || self.tail_arrived());
         if let Some(id) = in_band {
             let text = s.encode();
@@ -1130,6 +1145,21 @@ impl Connection {
         arrived
     }
 
+    /// Whether `s` is an offer with other ICE credentials than the current remote
+    /// ones (an ICE restart).
+    fn is_restart_offer(&self, s: &Signal) -> bool {
+        let Signal::Description { description, .. } = s else {
+            return false;
+        };
+        match (
+            glare_proto::sdp::ice_ufrag(&description.sdp),
+            self.neg.remote_ufrag(),
+        ) {
+            (Some(new), Some(current)) => new != current,
+            _ => false,
+        }
+    }
+
     /// An ICE restart is queued while the transport is disconnected (the failure
     /// policy's), or one was and the transport has not come back.
     fn is_repairing(&self) -> bool {
@@ -1169,6 +1199,9 @@ impl Connection {
         match Signal::decode(data) {
             Ok(s) => {
                 self.stats.signals_received_in_band += 1;
+                if is_offer(&s) {
+                    self.answer_via_caller = false;
+                }
                 if let Err(e) = self.on_signal(now, s) {
                     debug!(error = %e, "in-band signal refused");
                 }
@@ -1499,4 +1532,9 @@ impl Connection {
     pub fn last_now(&self) -> Instant {
         self.last_now
     }
+}
+
+fn is_offer(s: &Signal) -> bool {
+    matches!(s, Signal::Description { description, .. }
+        if description.kind == glare_proto::signal::SdpKind::Offer)
 }

@@ -968,6 +968,57 @@ fn outage_is_cured_by_an_ice_restart() {
     });
 }
 
+/// A restart offer that comes through the broker although the in-band channel is
+/// open means the peer lost the path: the answer goes back through the broker too,
+/// even before this side noticed anything (its own failure policy has not queued a
+/// restart; an answer written in-band would sit on the dead path).
+#[test]
+fn the_answer_to_an_offer_from_the_broker_goes_back_through_the_broker() {
+    let mut slow = Config::with_seed(96);
+    slow.negotiator.disconnect_timeout = Duration::from_secs(600);
+    let mut p = Pair::with_configs(quick_policy(95), slow);
+    p.peers[0].dial(p.now).unwrap();
+    p.run_until(Duration::from_secs(10), |p| {
+        stable_and_empty(p)
+            && p.peers[0].signal_stream_id().is_some()
+            && p.peers[1].signal_stream_id().is_some()
+    });
+    p.outage = true;
+    p.run_until(Duration::from_secs(60), |p| !p.peers[0].is_connected());
+    // a restarts (as the facade does once it has fresh candidates): not connected
+    // with a restart queued, its offer goes through the broker.
+    p.peers[0].request(Change::IceRestart).unwrap();
+    let offers: Vec<Signal> = take_signals(&mut p, 0)
+        .into_iter()
+        .filter(|s| matches!(s, Signal::Description { .. }))
+        .collect();
+    assert_eq!(
+        offers.len(),
+        1,
+        "the restart offer comes out for the broker"
+    );
+    let in_band = p.peers[1].stats().signals_sent_in_band;
+    for s in offers {
+        p.peers[1].handle_signal(p.now, s).unwrap();
+    }
+    let answers: Vec<Signal> = take_signals(&mut p, 1)
+        .into_iter()
+        .filter(|s| matches!(s, Signal::Description { .. }))
+        .collect();
+    assert_eq!(answers.len(), 1, "the answer comes out for the broker");
+    assert_eq!(p.peers[1].stats().signals_sent_in_band, in_band);
+    for s in answers {
+        p.peers[0].handle_signal(p.now, s).unwrap();
+    }
+    p.outage = false;
+    p.run_until(Duration::from_secs(90), |p| {
+        stable_and_empty(p) && p.peers[0].is_connected() && p.peers[1].is_connected()
+    });
+    for i in 0..2 {
+        assert_eq!(p.peers[i].negotiator().stats().ice_restarts, 1, "side {i}");
+    }
+}
+
 #[test]
 fn ice_restarts_exhausted_fail_the_link() {
     let mut p = Pair::with_configs(quick_policy(93), quick_policy(94));
