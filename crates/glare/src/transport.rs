@@ -696,7 +696,8 @@ async fn gather(
 /// Gathers again when a link asks (its ICE lost the path; the NAT may have re-mapped
 /// the socket), at most once per [`REGATHER_INTERVAL`], and hands what changed to
 /// every link. A changed server-reflexive address means the old mapping is gone, and
-/// with it every UDP allocation made through it: those are released and made again.
+/// with it every UDP allocation made through it: those are released and made again
+/// (TURN servers are asked for the mapping too; TCP and TLS allocations are left).
 /// Ends when the endpoint and all its links are gone.
 async fn regather_task(
     driver: glare_udp::WeakDriver<Link>,
@@ -728,17 +729,14 @@ async fn regather_task(
             .cloned()
             .collect();
         let alive = driver.relays().await.unwrap_or_default();
-        if remapped {
-            for relay in &alive {
-                if relay.transport == glare_udp::TurnTransport::Udp {
-                    debug!(relayed = %relay.relayed, "releasing an allocation made through the old mapping");
-                    let _ = driver.release_relay(relay.relayed).await;
-                }
-            }
+        let dead = dead_udp_relays(&driver, &alive, remapped, limit).await;
+        for relayed in &dead {
+            debug!(%relayed, "releasing an allocation made through the old mapping");
+            let _ = driver.release_relay(*relayed).await;
         }
         let mut relays: Vec<Gatherable> = alive
             .iter()
-            .filter(|r| !remapped || r.transport != glare_udp::TurnTransport::Udp)
+            .filter(|r| !dead.contains(&r.relayed))
             .map(|r| Gatherable::Relay { relayed: r.relayed })
             .collect();
         for g in gather(&driver, &[], &udp_turn, limit).await {
@@ -776,6 +774,48 @@ async fn regather_task(
         drop(driver);
         tokio::time::sleep(REGATHER_INTERVAL).await;
     }
+}
+
+/// The UDP allocations among `alive` made through a NAT mapping that is gone: all of
+/// them when STUN saw the mapping change (`remapped`); otherwise those whose server
+/// now sees this socket at another address than when it allocated (a Binding to the
+/// TURN server itself, so that TURN-only setups notice too).
+async fn dead_udp_relays(
+    driver: &Driver<Link>,
+    alive: &[glare_udp::RelayCandidate],
+    remapped: bool,
+    limit: Duration,
+) -> Vec<SocketAddr> {
+    let udp: Vec<&glare_udp::RelayCandidate> = alive
+        .iter()
+        .filter(|r| r.transport == glare_udp::TurnTransport::Udp)
+        .collect();
+    if remapped {
+        return udp.iter().map(|r| r.relayed).collect();
+    }
+    let probed: Vec<&glare_udp::RelayCandidate> =
+        udp.into_iter().filter(|r| r.mapped.is_some()).collect();
+    if probed.is_empty() {
+        return Vec::new();
+    }
+    let servers: Vec<glare_udp::StunServer> = probed
+        .iter()
+        .map(|r| glare_udp::StunServer::from_addr(r.server))
+        .collect();
+    let Ok(answers) =
+        tokio::time::timeout(limit, Box::pin(driver.server_reflexive(&servers))).await
+    else {
+        return Vec::new();
+    };
+    probed
+        .iter()
+        .zip(answers)
+        .filter_map(|(r, answer)| match answer {
+            Ok(c) if Some(c.address) != r.mapped => Some(r.relayed),
+            // No answer says nothing about the mapping: keep the allocation.
+            _ => None,
+        })
+        .collect()
 }
 
 /// One UDP socket with its reactor and local candidates; links are made on it.
