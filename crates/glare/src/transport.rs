@@ -746,16 +746,7 @@ async fn regather_task(
         }
         let mut fresh_set = reflexive;
         fresh_set.extend(relays);
-        let stale: Vec<SocketAddr> = old
-            .iter()
-            .filter(|g| !fresh_set.contains(g))
-            .map(Gatherable::addr)
-            .collect();
-        let fresh: Vec<Gatherable> = fresh_set
-            .iter()
-            .filter(|g| !old.contains(g))
-            .copied()
-            .collect();
+        let (stale, fresh) = diff(&old, &fresh_set);
         if stale.is_empty() && fresh.is_empty() {
             debug!("gathered again: candidates unchanged");
         } else {
@@ -774,6 +765,18 @@ async fn regather_task(
         drop(driver);
         tokio::time::sleep(REGATHER_INTERVAL).await;
     }
+}
+
+/// What went from `old` to `new`: the addresses of the candidates gone, and the
+/// candidates new.
+fn diff(old: &[Gatherable], new: &[Gatherable]) -> (Vec<SocketAddr>, Vec<Gatherable>) {
+    let stale = old
+        .iter()
+        .filter(|g| !new.contains(g))
+        .map(Gatherable::addr)
+        .collect();
+    let fresh = new.iter().filter(|g| !old.contains(g)).copied().collect();
+    (stale, fresh)
 }
 
 /// The UDP allocations among `alive` made through a NAT mapping that is gone: all of
@@ -980,7 +983,8 @@ impl Endpoint {
         }
         let base = host.first().copied().unwrap_or(self.driver.local_addr());
         let mut gathered = Vec::new();
-        for g in self.gathered() {
+        let snapshot = self.gathered();
+        for g in &snapshot {
             let Some(c) = g.candidate(base) else { continue };
             match conn.add_candidate(c.clone()) {
                 Ok(()) => gathered.push(c),
@@ -1018,6 +1022,15 @@ impl Endpoint {
             regather: self.regather.clone(),
         };
         let handle = self.driver.add(link).await?;
+        // A re-gathering that changed the candidates between the snapshot above and
+        // the link joining the reactor did not reach it: hand it the change now.
+        let now = self.gathered();
+        if now != snapshot {
+            let (stale, fresh) = diff(&snapshot, &now);
+            handle
+                .call(move |link, _| link.replace_candidates(&stale, &fresh))
+                .await?;
+        }
         Ok((
             Connection::new(handle, status_rx, incoming_rx, tracks_rx, over),
             Signals { rx: signals_rx },
