@@ -297,6 +297,9 @@ pub struct Stats {
     pub candidates_dropped: u64,
     /// Changes the engine applied without an offer (`create_offer` gave `None`).
     pub applied_without_offer: u64,
+    /// Offers of a remote ICE generation already replaced by a restart, ignored as
+    /// stale.
+    pub stale_offers: u64,
     /// ICE restarts completed: offer/answer exchanges, after the first, that changed
     /// the local or the remote ICE credentials (either side may have asked).
     pub ice_restarts: u64,
@@ -368,6 +371,9 @@ pub struct Negotiator<R = SplitMix64> {
     remote_ufrag: Option<String>,
     /// Superseded remote generations: their candidates are dropped.
     old_remote_ufrags: VecDeque<String>,
+    /// Remote ICE generations that were applied and then replaced (a restart): an
+    /// offer carrying one is stale (sent before the restart, delivered after it).
+    replaced_remote_ufrags: VecDeque<String>,
     /// Generations of remote offers we ignored (impolite side, equal tie-breakers).
     ignored_ufrags: Vec<String>,
     /// Remote candidates waiting for their description.
@@ -411,6 +417,7 @@ impl<R: RandomSource> Negotiator<R> {
             negotiated_generation: None,
             remote_ufrag: None,
             old_remote_ufrags: VecDeque::new(),
+            replaced_remote_ufrags: VecDeque::new(),
             ignored_ufrags: Vec::new(),
             held: VecDeque::new(),
             retry_at: None,
@@ -947,6 +954,14 @@ impl<R: RandomSource> Negotiator<R> {
         if self.link == LinkState::Idle {
             self.start(now);
         }
+        if self.replaced_remote_ufrags.contains(&ufrag) {
+            // E.g. the peer's offer sat in the in-band channel while the path was
+            // dead, was rolled back when the peer answered our restart through the
+            // broker, and arrives now that the path is back.
+            debug!(%ufrag, "offer of a replaced ICE generation ignored (stale)");
+            self.stats.stale_offers += 1;
+            return Ok(());
+        }
         let local_tb = self.tie_breaker.expect("a started link has a tie-breaker");
         if self.signaling == SignalingState::HaveLocalOffer {
             // Glare.
@@ -1100,7 +1115,13 @@ impl<R: RandomSource> Negotiator<R> {
         debug!(%ufrag, "new remote ICE generation");
         let mut old: Vec<String> = std::mem::take(&mut self.ignored_ufrags);
         old.retain(|u| *u != ufrag);
-        old.extend(self.remote_ufrag.replace(ufrag));
+        if let Some(replaced) = self.remote_ufrag.replace(ufrag) {
+            if self.replaced_remote_ufrags.len() >= OLD_GENERATIONS {
+                self.replaced_remote_ufrags.pop_front();
+            }
+            self.replaced_remote_ufrags.push_back(replaced.clone());
+            old.push(replaced);
+        }
         for u in old {
             if self.old_remote_ufrags.len() >= OLD_GENERATIONS {
                 self.old_remote_ufrags.pop_front();

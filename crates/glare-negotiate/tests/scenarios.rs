@@ -369,6 +369,33 @@ fn ice_restarts_are_counted_on_both_sides_and_only_restarts() {
     }
 }
 
+/// An offer of the peer's ICE generation that a restart has since replaced (it sat
+/// on a dead in-band path, and arrives after the restart) is stale: ignored, no
+/// answer, nothing applied.
+#[test]
+fn an_offer_of_a_replaced_ice_generation_is_ignored() {
+    for seed in 0..20 {
+        let mut sim = connected_pair(seed);
+        sim.request(0, 1, channel("before"));
+        sim.drain();
+        let stale = sim.peek(0, 0).cloned().expect("b's offer in flight");
+        assert!(matches!(stale, Signal::Description { .. }), "seed {seed}");
+        run_and_check(&mut sim);
+        sim.request(0, 0, Change::IceRestart);
+        run_and_check(&mut sim);
+        let a = &sim.side(0, 0).negotiator;
+        let before = a.stats();
+        assert_eq!(before.ice_restarts, 1, "seed {seed}");
+        sim.inject(0, 0, stale).unwrap();
+        let a = &sim.side(0, 0).negotiator;
+        assert_eq!(a.stats().stale_offers, 1, "seed {seed}");
+        assert_eq!(a.stats().answers_sent, before.answers_sent, "seed {seed}");
+        assert_eq!(a.signaling_state(), SignalingState::Stable, "seed {seed}");
+        assert_eq!(sim.in_flight(0, 1), 0, "seed {seed}: no answer to it");
+        run_and_check(&mut sim);
+    }
+}
+
 #[test]
 fn ice_restart_colliding_with_a_media_change() {
     for seed in 0..50 {

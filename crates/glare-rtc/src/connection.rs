@@ -391,10 +391,15 @@ enum BrokerTail {
     /// Known to have arrived once any description of the peer arrives after it (the
     /// peer, in `have-local-offer` until it applies our answer, sends none before);
     /// or, for this side's first answer with none of its offers ever answered, once
-    /// the transport connects (the peer needed it for ICE and DTLS).
+    /// the transport connects (the peer needed it for ICE and DTLS); or, for the
+    /// answer to an ICE restart, once ICE connects again.
     Answer {
         received_before: u64,
         first_answer: bool,
+        /// For the answer to an ICE restart: str0m's ICE connects (count) when it
+        /// was sent. ICE connecting again proves the peer applied it (it needed
+        /// the new credentials).
+        restart_connects: Option<u64>,
     },
 }
 
@@ -442,6 +447,8 @@ pub struct Connection {
     /// channel was open, and restarts ICE: the peer is repairing a dead path, so the
     /// answer goes back the same way.
     answer_via_caller: bool,
+    /// How many times str0m's ICE agent reported connected (or completed).
+    ice_connects: u64,
     /// When str0m gets its first tick, if nothing ticked it before (see `on_signal`).
     tick_due: Option<Instant>,
     answers_sent: u64,
@@ -496,6 +503,7 @@ impl Connection {
             repairing: false,
             descriptions_received: 0,
             answer_via_caller: false,
+            ice_connects: 0,
             tick_due: None,
             answers_sent: 0,
             stats: Stats::default(),
@@ -1129,6 +1137,7 @@ impl Connection {
                 glare_proto::signal::SdpKind::Answer => BrokerTail::Answer {
                     received_before: self.descriptions_received,
                     first_answer: self.answers_sent == 1,
+                    restart_connects: answer_via_caller.then_some(self.ice_connects),
                 },
             });
         }
@@ -1182,11 +1191,13 @@ impl Connection {
             Some(BrokerTail::Answer {
                 received_before,
                 first_answer,
+                restart_connects,
             }) => {
                 self.descriptions_received > received_before
                     || (first_answer
                         && self.stats.connected_at.is_some()
                         && self.neg.stats().answers_applied == 0)
+                    || restart_connects.is_some_and(|c| self.ice_connects > c)
             }
         }
     }
@@ -1290,6 +1301,12 @@ impl Connection {
             }
             str0m::Event::IceConnectionStateChange(s) => {
                 debug!(state = ?s, "ICE state");
+                if matches!(
+                    s,
+                    IceConnectionState::Connected | IceConnectionState::Completed
+                ) {
+                    self.ice_connects += 1;
+                }
                 match s {
                     IceConnectionState::Disconnected => {
                         self.neg.handle_transport(now, TransportState::Disconnected);

@@ -1017,6 +1017,18 @@ fn the_answer_to_an_offer_from_the_broker_goes_back_through_the_broker() {
     for i in 0..2 {
         assert_eq!(p.peers[i].negotiator().stats().ice_restarts, 1, "side {i}");
     }
+    // ICE connected with the new credentials: a applied the answer, so b's next
+    // offer goes in-band again (the broker may be gone by now).
+    let in_band = p.peers[1].stats().signals_sent_in_band;
+    p.peers[1]
+        .add_track(MediaKind::Audio, Direction::SendRecv)
+        .unwrap();
+    let out = take_signals(&mut p, 1);
+    assert!(
+        !out.iter().any(|s| matches!(s, Signal::Description { .. })),
+        "b's offer went through the broker: {out:?}"
+    );
+    assert!(p.peers[1].stats().signals_sent_in_band > in_band);
 }
 
 #[test]

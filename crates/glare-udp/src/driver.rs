@@ -468,7 +468,8 @@ impl<C: Connection> Driver<C> {
     }
 
     /// Deletes the allocation whose relayed address is `relayed` (a Refresh with
-    /// lifetime 0 to the server). `false` when there is none.
+    /// lifetime 0 to the server). `false` when there is none. An allocation asked
+    /// of the same server afterwards is a new one.
     pub async fn release_relay(&self, relayed: SocketAddr) -> Result<bool, DriverError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Release { relayed, reply }).await?;
@@ -809,6 +810,9 @@ impl<C: Connection> Reactor<C> {
                             relay.client.release(now);
                             relay.candidate = None;
                         }
+                        // A new allocation on that server is a new one, not this
+                        // one on its way out (which would answer `Busy`).
+                        self.udp_relays.retain(|_, k| *k != key);
                         true
                     }
                     None => false,

@@ -262,6 +262,26 @@ async fn relay_both_ways(transport: TurnTransport) {
     b.shutdown().await;
 }
 
+/// Released, then asked again: the driver sends a new Allocate (it used to answer
+/// `Busy` with the old allocation on its way out). On the same 5-tuple coturn refuses
+/// it with 437 (it still holds the deleted allocation); the facade only re-allocates
+/// after a NAT re-mapped the socket, i.e. from a new 5-tuple (netlab scenario 8).
+#[tokio::test]
+async fn a_released_udp_allocation_is_asked_again_not_busy() {
+    let coturn = Coturn::start(&[]);
+    let a = glare_udp::spawn::<TestConn>(loopback(), coturn.config()).unwrap();
+    let first = allocate(&a, coturn.url(TurnTransport::Udp))
+        .await
+        .unwrap_or_else(|e| panic!("allocation failed: {e}\n{}", coturn.log()));
+    assert!(a.release_relay(first.relayed).await.unwrap());
+    match allocate(&a, coturn.url(TurnTransport::Udp)).await {
+        Err(TurnError::Rejected { code: 437, .. }) => {}
+        other => panic!("expected coturn's 437 for the same 5-tuple, got {other:?}"),
+    }
+    assert!(a.relays().await.unwrap().is_empty());
+    a.shutdown().await;
+}
+
 #[tokio::test]
 async fn relays_both_ways_over_udp() {
     relay_both_ways(TurnTransport::Udp).await;

@@ -314,7 +314,20 @@ impl Link {
         }
         // A link that never connected has no path to repair; its first exchange
         // carries (or its trickle brings) the candidates.
-        if changed && !self.conn.is_connected() && self.conn.stats().connected_at.is_some() {
+        // A restart already queued or in flight carries (or trickles under its own
+        // generation) the fresh candidates: a second one would only throw away the
+        // pairs being checked.
+        let restarting = self
+            .conn
+            .negotiator()
+            .queued()
+            .iter()
+            .any(|q| q.change == glare_negotiate::Change::IceRestart);
+        if changed
+            && !restarting
+            && !self.conn.is_connected()
+            && self.conn.stats().connected_at.is_some()
+        {
             match self.conn.request(glare_negotiate::Change::IceRestart) {
                 Ok(id) => debug!(%id, "ICE restart with the fresh candidates"),
                 Err(e) => debug!(error = %e, "no ICE restart for the fresh candidates"),
@@ -695,9 +708,9 @@ async fn gather(
 
 /// Gathers again when a link asks (its ICE lost the path; the NAT may have re-mapped
 /// the socket), at most once per [`REGATHER_INTERVAL`], and hands what changed to
-/// every link. A changed server-reflexive address means the old mapping is gone, and
-/// with it every UDP allocation made through it: those are released and made again
-/// (TURN servers are asked for the mapping too; TCP and TLS allocations are left).
+/// every link. A UDP allocation whose TURN server now sees the socket at another
+/// address was made through a mapping that is gone: it is released and made again
+/// (TCP and TLS allocations are left as they are).
 /// Ends when the endpoint and all its links are gone.
 async fn regather_task(
     driver: glare_udp::WeakDriver<Link>,
@@ -711,17 +724,7 @@ async fn regather_task(
             return;
         };
         let old = gathered.lock().map(|g| g.clone()).unwrap_or_default();
-        let mut reflexive = gather(&driver, &servers.stun, &[], limit).await;
-        let old_reflexive: Vec<Gatherable> = old
-            .iter()
-            .filter(|g| matches!(g, Gatherable::Reflexive { .. }))
-            .copied()
-            .collect();
-        if reflexive.is_empty() {
-            // No STUN server answered: keep what we had rather than withdraw it.
-            reflexive = old_reflexive.clone();
-        }
-        let remapped = reflexive.iter().any(|g| !old_reflexive.contains(g));
+        let reflexive = reflexive_again(&driver, &servers.stun, &old, limit).await;
         let udp_turn: Vec<glare_udp::TurnServer> = servers
             .turn
             .iter()
@@ -729,7 +732,7 @@ async fn regather_task(
             .cloned()
             .collect();
         let alive = driver.relays().await.unwrap_or_default();
-        let dead = dead_udp_relays(&driver, &alive, remapped, limit).await;
+        let dead = dead_udp_relays(&driver, &alive, limit).await;
         for relayed in &dead {
             debug!(%relayed, "releasing an allocation made through the old mapping");
             let _ = driver.release_relay(*relayed).await;
@@ -779,45 +782,84 @@ fn diff(old: &[Gatherable], new: &[Gatherable]) -> (Vec<SocketAddr>, Vec<Gathera
     (stale, fresh)
 }
 
-/// The UDP allocations among `alive` made through a NAT mapping that is gone: all of
-/// them when STUN saw the mapping change (`remapped`); otherwise those whose server
-/// now sees this socket at another address than when it allocated (a Binding to the
-/// TURN server itself, so that TURN-only setups notice too).
+/// Asks every STUN server again, each on its own within `limit` (one server that
+/// does not answer must not hide what the others say). The server-reflexive
+/// candidates in `old` stay unless every server answered: a silent server's address
+/// may still be good.
+async fn reflexive_again(
+    driver: &Driver<Link>,
+    stun: &[glare_udp::StunServer],
+    old: &[Gatherable],
+    limit: Duration,
+) -> Vec<Gatherable> {
+    let asks = stun.iter().map(|server| async move {
+        let answer = tokio::time::timeout(
+            limit,
+            Box::pin(driver.server_reflexive(std::slice::from_ref(server))),
+        )
+        .await;
+        match answer.map(|mut v| v.pop()) {
+            Ok(Some(Ok(c))) => Some(Gatherable::Reflexive {
+                addr: c.address,
+                base: c.base,
+            }),
+            Ok(Some(Err(e))) => {
+                debug!(%server, error = %e, "no server-reflexive candidate this time");
+                None
+            }
+            _ => {
+                debug!(%server, "STUN server did not answer in time");
+                None
+            }
+        }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let all_answered = answers.iter().all(Option::is_some);
+    let mut out: Vec<Gatherable> = Vec::new();
+    let kept = old
+        .iter()
+        .filter(|g| !all_answered && matches!(g, Gatherable::Reflexive { .. }))
+        .copied();
+    for g in answers.into_iter().flatten().chain(kept) {
+        if !out.iter().any(|o| o.addr() == g.addr()) {
+            out.push(g);
+        }
+    }
+    out
+}
+
+/// The UDP allocations among `alive` made through a NAT mapping that is gone: those
+/// whose TURN server now sees this socket at another address than when it allocated
+/// (a Binding to each server, each within `limit`). A server that does not answer
+/// says nothing: its allocation is kept.
 async fn dead_udp_relays(
     driver: &Driver<Link>,
     alive: &[glare_udp::RelayCandidate],
-    remapped: bool,
     limit: Duration,
 ) -> Vec<SocketAddr> {
-    let udp: Vec<&glare_udp::RelayCandidate> = alive
+    let probes = alive
         .iter()
         .filter(|r| r.transport == glare_udp::TurnTransport::Udp)
-        .collect();
-    if remapped {
-        return udp.iter().map(|r| r.relayed).collect();
-    }
-    let probed: Vec<&glare_udp::RelayCandidate> =
-        udp.into_iter().filter(|r| r.mapped.is_some()).collect();
-    if probed.is_empty() {
-        return Vec::new();
-    }
-    let servers: Vec<glare_udp::StunServer> = probed
-        .iter()
-        .map(|r| glare_udp::StunServer::from_addr(r.server))
-        .collect();
-    let Ok(answers) =
-        tokio::time::timeout(limit, Box::pin(driver.server_reflexive(&servers))).await
-    else {
-        return Vec::new();
-    };
-    probed
-        .iter()
-        .zip(answers)
-        .filter_map(|(r, answer)| match answer {
-            Ok(c) if Some(c.address) != r.mapped => Some(r.relayed),
-            // No answer says nothing about the mapping: keep the allocation.
-            _ => None,
-        })
+        .filter_map(|r| Some((r, r.mapped?)))
+        .map(|(r, mapped)| async move {
+            let server = glare_udp::StunServer::from_addr(r.server);
+            let answer = tokio::time::timeout(
+                limit,
+                Box::pin(driver.server_reflexive(std::slice::from_ref(&server))),
+            )
+            .await;
+            match answer.map(|mut v| v.pop()) {
+                Ok(Some(Ok(c))) if c.address != mapped => {
+                    debug!(relayed = %r.relayed, was = %mapped, now = %c.address, "TURN server sees a new mapping");
+                    Some(r.relayed)
+                }
+                _ => None,
+            }
+        });
+    futures_util::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
         .collect()
 }
 
