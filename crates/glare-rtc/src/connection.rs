@@ -76,8 +76,8 @@ pub struct Config {
     /// The longest wait between retransmissions of an ICE check, which is also how
     /// often a working pair is checked (str0m's `set_max_stun_rto`). With
     /// [`ice_max_retransmits`](Self::ice_max_retransmits) it sets how soon a dead
-    /// path is noticed: defaults 1.5 s and 7 notice it in about 9 s (str0m's own,
-    /// 3 s and 9, in about 22 s).
+    /// path is noticed: with the defaults, 1.5 s and 7, 14-15 s after it died
+    /// (`cargo xtask netlab --only 6`; str0m's own, 3 s and 9: about 22 s).
     pub ice_max_rto: Duration,
     /// How many times an ICE check is retransmitted before its pair fails (str0m's
     /// `set_max_stun_retransmits`). Default 7.
