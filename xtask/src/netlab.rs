@@ -4,8 +4,9 @@
 //! starts a broker and a coturn on the "internet", runs a `glare peer` pair, transfers a
 //! file and checks it, and removes every namespace (and so every veth, rule and process
 //! inside) when it ends, also when it fails. Scenario 7 puts headless Chromium running
-//! glare.js (`interop/peer-chromium.mjs`) in place of one `glare peer`; it runs with
-//! `--all` or `--only 7` (it needs node, Chromium and interop/'s `npm ci`).
+//! glare.js (`interop/peer-chromium.mjs`) in place of one `glare peer` (it needs node,
+//! Chromium and interop/'s `npm ci`); it and scenario 8 (too slow for CI) are opt-in:
+//! they run with `--all` or when named in `--only`. The default set (CI's) is 1-6.
 //!
 //! ```text
 //!                       ┌──────────── inet ─────────────┐
@@ -49,9 +50,30 @@ const TURN_PASS: &str = "netlab-secret";
 /// How long one peer pair may take, connect and transfer (the peers' own `--timeout`),
 /// unless the scenario says otherwise.
 const PEER_TIMEOUT_SECS: u64 = 60;
-/// Scenario 6 changes site a's NAT mapping once 1/this of the file has arrived (early,
-/// so that the rest is still to come even on a loaded machine).
+/// Scenarios 6 and 8 change site a's NAT mapping once 1/this of the file has arrived
+/// (early, so that the rest is still to come even on a loaded machine).
 const FLUSH_AT_FRACTION: u64 = 16;
+/// Site a's public (WAN) address.
+const SITE_A_WAN_IP: &str = "10.201.1.2";
+/// Scenario 6: the one port site a's NAT maps all UDP to after the re-map.
+const REMAP_PORT: u16 = 40000;
+
+/// How site a's NAT changes mid-transfer (once 1/[`FLUSH_AT_FRACTION`] of the file has
+/// arrived).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Remap {
+    /// It does not.
+    None,
+    /// UDP is mapped endpoint-independently to this one port (every destination sees
+    /// the same new address) and the router's UDP conntrack entries are deleted: a's
+    /// server-reflexive candidate is dead, b's NAT drops a's packets from the new port
+    /// (b never sent there), and only a candidate gathered again and signalled through
+    /// an ICE restart recovers the link.
+    Port(u16),
+    /// UDP is mapped to a new port per destination (`--to-ports 40000-40999`:
+    /// symmetric) and the whole conntrack table is flushed.
+    Symmetric,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Nat {
@@ -77,9 +99,8 @@ struct Scenario {
     /// Loss (probability per UDP packet, each way) and one-way delay between the sites.
     loss: Option<f64>,
     delay_ms: Option<u64>,
-    /// Change site a's NAT mapping and flush conntrack mid-transfer (once
-    /// 1/[`FLUSH_AT_FRACTION`] of the file has arrived).
-    flush_nat: bool,
+    /// Change site a's NAT mapping mid-transfer.
+    remap: Remap,
     /// The peers' `--timeout` (connect and transfer).
     timeout_secs: u64,
     /// The file's size (`--size-mib` overrides it).
@@ -87,8 +108,11 @@ struct Scenario {
     /// Candidate type that must carry the data (checked against what the peers report).
     expect: Option<&'static str>,
     /// Peer a is headless Chromium running glare.js (`interop/peer-chromium.mjs`), not
-    /// `glare peer`. Runs only with `--all` or `--only`.
+    /// `glare peer`.
     chromium: bool,
+    /// Not in the default set (what `cargo xtask netlab` and CI run): runs only with
+    /// `--all` or when named in `--only`.
+    opt_in: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -125,11 +149,12 @@ fn scenarios() -> Vec<Scenario> {
         block_udp_a: false,
         loss: None,
         delay_ms: None,
-        flush_nat: false,
+        remap: Remap::None,
         expect: None,
         timeout_secs: PEER_TIMEOUT_SECS,
         size_mib: 16,
         chromium: false,
+        opt_in: false,
     };
     vec![
         Scenario {
@@ -179,14 +204,14 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             id: 6,
-            name: "NAT mapping changed mid-transfer: ICE recovers",
-            // The direct path dies for good (site a's NAT turns symmetric with new
-            // ports, and a's own allocation dies with its old mapping); ICE finds the
-            // way through b's relay and every byte still arrives.
-            ice: [STUN_TURN, STUN_TURN],
-            flush_nat: true,
+            name: "NAT re-mapped mid-transfer, STUN only: ICE restart with fresh candidates recovers",
+            // Both sites behind MASQUERADE, STUN only. Site a's NAT moves all its UDP to
+            // one new port: a's old server-reflexive address is dead and b's NAT drops
+            // a's packets from the new one, so the link recovers only through an ICE
+            // restart whose offer and answer carry a's new server-reflexive candidate.
+            remap: Remap::Port(REMAP_PORT),
             // 20 ms each way on the direct path bounds its throughput (SCTP's window
-            // over 40 ms), so the flush (a few iptables and conntrack runs) lands
+            // over 40 ms), so the re-map (a few iptables and conntrack runs) lands
             // mid-transfer even on a fast idle machine, where 16 MiB otherwise pass
             // in 0.3 s.
             delay_ms: Some(20),
@@ -198,6 +223,23 @@ fn scenarios() -> Vec<Scenario> {
             name: "Chromium (glare.js) behind NAT, STUN only",
             expect: Some("srflx"),
             chromium: true,
+            // Needs node, Chromium and interop/'s `npm ci`.
+            opt_in: true,
+            ..base
+        },
+        Scenario {
+            id: 8,
+            name: "NAT turned symmetric mid-transfer, STUN and TURN: ICE moves to the relay",
+            // The direct path dies for good (site a's NAT turns symmetric with new
+            // ports, and a's own allocation dies with its old mapping); ICE finds the
+            // way through b's relay and every byte still arrives.
+            ice: [STUN_TURN, STUN_TURN],
+            remap: Remap::Symmetric,
+            delay_ms: Some(20),
+            timeout_secs: 120,
+            // About 44 s, 31 of them stalled (ICE detection, then SCTP's backed-off
+            // retransmission timer): over the 40 s CI allows a scenario.
+            opt_in: true,
             ..base
         },
     ]
@@ -212,6 +254,10 @@ struct Outcome {
     connect_ms: Option<f64>,
     mbps: Option<f64>,
     verified: bool,
+    /// ICE restarts each peer reported (`None`: the peer does not report them).
+    restarts: [Option<u32>; 2],
+    /// From the re-map to the received file growing again.
+    stall_secs: Option<f64>,
     error: Option<String>,
 }
 
@@ -249,10 +295,26 @@ pub(crate) fn run_cli(args: &[String]) -> Result<()> {
             ),
         }
     }
-    // Scenario 7 (Chromium) needs node, Chromium and interop/'s node_modules: it runs
-    // with `--all` or when named in `--only`.
-    let with_chromium = all || only.contains(&7);
-    preflight(with_chromium)?;
+    // The default set (no `--only`, no `--all`: what CI runs) is every scenario not
+    // marked `opt_in`; `--all` adds the opt-in ones (7: Chromium, which needs node,
+    // Chromium and interop/'s node_modules), `--only` runs exactly the ones named.
+    let selected: Vec<Scenario> = scenarios()
+        .into_iter()
+        .filter(|sc| {
+            if only.is_empty() {
+                all || !sc.opt_in
+            } else {
+                only.contains(&sc.id)
+            }
+        })
+        .collect();
+    if let Some(n) = only
+        .iter()
+        .find(|n| !selected.iter().any(|sc| sc.id == **n))
+    {
+        bail!("--only: there is no scenario {n}");
+    }
+    preflight(selected.iter().any(|sc| sc.chromium))?;
     let glare = match glare_bin {
         Some(p) => p,
         None => build_glare()?,
@@ -262,13 +324,7 @@ pub(crate) fn run_cli(args: &[String]) -> Result<()> {
 
     let mut rows = Vec::new();
     let mut failed = Vec::new();
-    for sc in scenarios() {
-        if !only.is_empty() && !only.contains(&sc.id) {
-            continue;
-        }
-        if sc.chromium && !with_chromium {
-            continue;
-        }
+    for sc in selected {
         eprintln!("\n==> [netlab] scenario {}: {}", sc.id, sc.name);
         let started = Instant::now();
         // `--size-mib` sets every scenario's size; else each has its own.
@@ -285,6 +341,8 @@ pub(crate) fn run_cli(args: &[String]) -> Result<()> {
                 connect_ms: None,
                 mbps: None,
                 verified: false,
+                restarts: [None, None],
+                stall_secs: None,
                 error: Some(format!("{e:#}")),
             },
         };
@@ -325,13 +383,13 @@ fn render(rows: &[(Scenario, Outcome, bool, bool)]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| # | scenario | result | connected | candidate pair (a / b) | connect ms | Mbit/s | file verified |"
+        "| # | scenario | result | connected | candidate pair (a / b) | ICE restarts (a / b) | connect ms | re-map stall s | Mbit/s | file verified |"
     );
-    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|");
     for (sc, o, pass, type_ok) in rows {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {}{} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {}{} | {} / {} | {} | {} | {} | {} |",
             sc.id,
             sc.name,
             if *pass { "pass" } else { "FAIL" },
@@ -342,7 +400,10 @@ fn render(rows: &[(Scenario, Outcome, bool, bool)]) -> String {
             } else {
                 format!(" (expected {})", sc.expect.unwrap_or("-"))
             },
+            o.restarts[0].map_or("-".into(), |n| n.to_string()),
+            o.restarts[1].map_or("-".into(), |n| n.to_string()),
             o.connect_ms.map_or("-".into(), |v| format!("{v:.0}")),
+            o.stall_secs.map_or("-".into(), |v| format!("{v:.1}")),
             o.mbps.map_or("-".into(), |v| if v < 10.0 {
                 format!("{v:.1}")
             } else {
@@ -366,7 +427,13 @@ An \"inet\" namespace routes between two sites and holds the servers on 10.200.0
 broker and coturn (STUN and TURN over UDP and TCP, long-term credentials, no relaying
 into 192.168.0.0/16). Each site is a router namespace (its WAN on 10.201.N.0/24, a LAN
 bridge on 192.168.N.0/24) and a peer namespace on the LAN. A NAT router drops whatever
-arrives from the WAN unsolicited, both through it (FORWARD) and to it (INPUT).
+arrives from the WAN unsolicited, both through it (FORWARD) and to it (INPUT). The ICE
+restarts column gives the highest N of the `glare: ICE reconnected, restarts: N` lines
+each `glare peer` printed (ICE restarts completed on its link, printed when its ICE
+state comes back from disconnected: a peer whose ICE never noticed the loss before the
+other side's restart repaired it prints none and shows 0; `-` for Chromium). The
+re-map stall (scenarios 6 and 8) is the time from site a's re-map to the received file
+growing again (in order: everything SCTP had to retransmit is through).
 
 1. Both peers on one LAN, no ICE servers: host candidates.
 2. Both sites behind MASQUERADE (port-preserving, endpoint-independent mapping),
@@ -381,17 +448,26 @@ arrives from the WAN unsolicited, both through it (FORWARD) and to it (INPUT).
    near MSS × 1.22 / (RTT × √p) ≈ 1.3 Mbit/s, and every lost retransmission costs a
    1 s minimum RTO: 0.6-1 Mbit/s here. So this row sends 4 MiB (16 MiB take about
    200 s; `cargo xtask netlab --only 5 --size-mib 16` runs them, and they pass).
-6. Both behind MASQUERADE with STUN and TURN, 20 ms of delay each way on the direct
-   path (so that the transfer lasts long enough). Once 1/16 of the file has arrived,
-   site a's router starts mapping to other ports (`--to-ports 40000-40999`, a new port
-   per destination) and its conntrack table is flushed: the direct path and a's own
-   allocation (bound to its old mapping) die for good. ICE moves the link to a path
-   through b's relay and the file still arrives whole. The negotiator's ICE restart is
-   not what recovers it here: ICE switches pairs before the link is declared
-   disconnected, and a restart could not do better, because restarts keep the
-   candidates gathered at start (no new server-reflexive address or allocation).
-   The candidate pair column shows the last pair each peer reported: `(changed)` marks
-   a pair ICE moved the link to during the transfer.
+6. Both sites behind MASQUERADE, STUN only (coturn answers STUN; no TURN), 20 ms of
+   delay each way on the direct path (so that the transfer lasts long enough). Once
+   1/16 of the file has arrived, site a's router maps all its UDP to one new port
+   (`MASQUERADE --to-ports 40000`: endpoint-independent, every destination sees
+   10.201.1.2:40000) and its UDP conntrack entries are deleted. a's server-reflexive
+   candidate is dead, and b's NAT drops a's packets from the new port (b never sent
+   there): no pair of the candidates gathered at start works again, and no
+   peer-reflexive candidate can be learnt. The link comes back only when the peers
+   notice (ICE disconnected), a gathers its server-reflexive address again (STUN), and
+   an ICE restart through the negotiator carries it to b. The row passes only if the
+   file arrives whole, a peer printed `glare: ICE reconnected, restarts: N` with N >= 1
+   (the ICE restarts column), and a peer reported a new (`(changed)`) pair through
+   10.201.1.2:40000. The TCP connections to the broker keep their mappings (the
+   signalling the restart needs; only UDP is re-mapped, as when a NAT's UDP mappings
+   expire while its TCP ones stand). The candidate pair column shows the last pair each
+   peer reported: `(changed)` marks a pair the link moved to during the transfer. The
+   stall is ICE noticing the dead path (about 15 s: checks retransmitted at most every
+   1.5 s, 7 times) plus SCTP's wait: its retransmission timer backs off during the
+   outage (1, 2, 4, 8, 16 s …), and the data resumes at its first retransmission after
+   the path is back, about 15 or 31 s after the re-map.
 7. As 2 (both sites behind MASQUERADE, STUN only), but peer a is headless Chromium
    (`/usr/bin/chromium`, driven by playwright-core) running glare.js through
    `interop/peer-chromium.mjs --mdns off`: it dials the `glare peer --recv` through the
@@ -399,7 +475,20 @@ arrives from the WAN unsolicited, both through it (FORWARD) and to it (INPUT).
    on a PROTOCOL.md §5 file channel. The harness takes the scenario's ICE servers as
    `--ice` URLs (as `glare peer` does) and prints Chromium's selected candidate pair
    from `getStats()` (its column shows Chromium's view; Chromium may report the local
-   candidate of a pair it formed through its server-reflexive address as srflx). Runs with `--all` or `--only 7`; CI runs 1-6.
+   candidate of a pair it formed through its server-reflexive address as srflx).
+   Runs with `--all` or `--only 7`.
+8. As 6 with STUN and TURN, but site a's NAT turns symmetric (`--to-ports
+   40000-40999`, a new port per destination) and its whole conntrack table is flushed:
+   the direct path and a's own allocation (bound to its old mapping) die for good, and
+   no server-reflexive address a could gather again would help. ICE moves the link to a
+   path through b's relay (a's checks to b's relay come from a new port, which b's
+   relay learns as peer-reflexive) and the file still arrives whole. Runs with `--all`
+   or `--only 8`: about 44 s, most of it the stall (as in 6, but the relay pair is
+   usually up just after SCTP's retransmission at about 15 s, so the data waits for the
+   one at about 31 s).
+
+`cargo xtask netlab` with neither `--all` nor `--only` (what `cargo xtask ci` runs) runs
+1-6.
 
 Logs of every process of the last run: `target/netlab/s<N>-<a|b|broker|coturn>.log`.
 ";
@@ -995,23 +1084,38 @@ fn run_scenario(
     // the peers' output does not delay it. It ends with this function.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _stop_on_return = StopOnDrop(std::sync::Arc::clone(&stop));
-    if sc.flush_nat {
-        let (stop, tx, dir, router) = (
+    if sc.remap != Remap::None {
+        let (stop, tx, dir, router, remap) = (
             std::sync::Arc::clone(&stop),
             tx.clone(),
             out_dir.clone(),
             lans[0].clone(),
+            sc.remap,
         );
         let until = Instant::now() + Duration::from_secs(sc.timeout_secs);
         thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
                 let got = part_len(&dir);
                 if got * FLUSH_AT_FRACTION >= size {
-                    let line = match flush_mapping(&router) {
+                    let line = match remap_nat(&router, remap) {
                         Ok(()) => format!("flushed {got}"),
                         Err(e) => format!("flush failed: {e:#}"),
                     };
                     let _ = tx.send(Line::Out("netlab".into(), line));
+                    // Then: when does the file grow again (the transfer resumed, in
+                    // order)? What was already past a's router when the mapping changed
+                    // still arrives in the first few tens of ms: the base is taken after.
+                    thread::sleep(Duration::from_millis(500));
+                    let base = part_len(&dir);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until
+                    {
+                        // The part file grows, or is gone: the file is complete.
+                        if part_len(&dir) != base {
+                            let _ = tx.send(Line::Out("netlab".into(), "resumed".into()));
+                            return;
+                        }
+                        thread::sleep(Duration::from_millis(10));
+                    }
                     return;
                 }
                 thread::sleep(Duration::from_millis(2));
@@ -1028,9 +1132,24 @@ fn run_scenario(
         connect_ms: None,
         mbps: None,
         verified: false,
+        restarts: [None, None],
+        stall_secs: None,
         error: None,
     };
     let mut pairs = [String::from("?"), String::from("?")];
+    // Every `(changed)` pair either peer reported, and per peer the latest ICE restart
+    // count it reported (`glare: ICE reconnected, restarts: N`) and how often it
+    // reported the link disconnected.
+    let mut changed: Vec<String> = Vec::new();
+    let mut restarts: [Option<u32>; 2] = [None, None];
+    let mut disconnects = [0u32; 2];
+    // When the re-map was done: ICE lines after it say how long after.
+    let mut remapped_at: Option<Instant> = None;
+    let mut resumed_after: Option<Duration> = None;
+    let since_remap = |at: Option<Instant>| {
+        at.map(|t| format!(" [re-map +{:.1}s]", t.elapsed().as_secs_f64()))
+            .unwrap_or_default()
+    };
     let mut received_ok = false;
     let mut sent_ok = false;
     let mut eofs = 0;
@@ -1048,10 +1167,21 @@ fn run_scenario(
         };
         match line {
             Line::Out(who, s) if who == "netlab" => {
-                if let Some(got) = s.strip_prefix("flushed ") {
-                    flushed = true;
+                if s == "resumed" {
+                    resumed_after = remapped_at.map(|t| t.elapsed());
                     eprintln!(
-                        "    netlab| {got} of {size} bytes received: site a's NAT mapping changed, conntrack flushed"
+                        "    netlab| the file grows again{}",
+                        since_remap(remapped_at)
+                    );
+                } else if let Some(got) = s.strip_prefix("flushed ") {
+                    flushed = true;
+                    remapped_at = Some(Instant::now());
+                    eprintln!(
+                        "    netlab| {got} of {size} bytes received: site a's NAT re-mapped ({}), conntrack flushed",
+                        match sc.remap {
+                            Remap::Port(p) => format!("all UDP to port {p}"),
+                            _ => "UDP to ports 40000-40999, per destination".into(),
+                        }
                     );
                 } else {
                     outcome.error = Some(s);
@@ -1084,9 +1214,21 @@ fn run_scenario(
                 }
             }
             Line::Err(who, s) => {
+                let idx = usize::from(who == "b");
                 if let Some(rest) = s.split("candidate pair ").nth(1) {
-                    let idx = usize::from(who == "b");
                     pairs[idx] = rest.trim().to_owned();
+                    if rest.trim_end().ends_with("(changed)") {
+                        changed.push(format!("{who}: {}", rest.trim()));
+                    }
+                    eprintln!("    {who}! {s}{}", since_remap(remapped_at));
+                } else if s.contains("glare: ICE disconnected") {
+                    disconnects[idx] += 1;
+                    eprintln!("    {who}! {s}{}", since_remap(remapped_at));
+                } else if let Some(rest) = s.split("glare: ICE reconnected, restarts: ").nth(1) {
+                    if let Ok(n) = rest.trim().parse::<u32>() {
+                        restarts[idx] = Some(restarts[idx].map_or(n, |m| m.max(n)));
+                    }
+                    eprintln!("    {who}! {s}{}", since_remap(remapped_at));
                 }
                 log.push_back(format!("{who}! {s}"));
                 if log.len() > 40 {
@@ -1101,21 +1243,48 @@ fn run_scenario(
         .filter_map(Result::ok)
         .any(|e| sha256_file(&e.path()).is_ok_and(|s| s == sha));
     outcome.verified = received_ok && sent_ok && file_ok;
-    if sc.flush_nat && !flushed && outcome.error.is_none() {
+    if sc.remap != Remap::None && !flushed && outcome.error.is_none() {
         // The scenario tests a path dying mid-transfer: a transfer that ended first
         // (or never started) proves nothing.
         outcome.verified = false;
-        outcome.error = Some("the NAT mapping was never flushed mid-transfer".into());
+        outcome.error = Some("the NAT mapping was never changed mid-transfer".into());
     }
-    if sc.flush_nat && outcome.error.is_none() && !pairs.iter().any(|p| p.ends_with("(changed)")) {
+    if sc.remap != Remap::None && outcome.error.is_none() && changed.is_empty() {
         // The path must actually have died: ICE moved the link to another pair.
         outcome.verified = false;
         outcome.error = Some(format!(
-            "the file arrived but neither peer reported a new candidate pair after the flush ({} / {})",
+            "the file arrived but neither peer reported a new candidate pair after the re-map ({} / {})",
             pairs[0], pairs[1]
         ));
     }
+    if let Remap::Port(port) = sc.remap
+        && outcome.error.is_none()
+    {
+        // Only an ICE restart carrying a's new server-reflexive address can have
+        // recovered the link: some peer reports a restart, and the link moved to a
+        // pair through a's new public port.
+        let new_addr = format!("{SITE_A_WAN_IP}:{port}");
+        if !restarts.iter().any(|r| r.is_some_and(|n| n >= 1)) {
+            outcome.verified = false;
+            outcome.error = Some(format!(
+                "the file arrived but neither peer reported `ICE reconnected, restarts: N` with N >= 1 (disconnects a/b: {}/{})",
+                disconnects[0], disconnects[1]
+            ));
+        } else if !changed.iter().any(|p| p.contains(&new_addr)) {
+            outcome.verified = false;
+            outcome.error = Some(format!(
+                "the file arrived but no new candidate pair goes through a's new address {new_addr} ({})",
+                changed.join("; ")
+            ));
+        }
+    }
+    outcome.restarts = if sc.chromium {
+        [None, restarts[1].or(Some(0))]
+    } else {
+        [restarts[0].or(Some(0)), restarts[1].or(Some(0))]
+    };
     outcome.candidates = format!("{} / {}", pairs[0], pairs[1]);
+    outcome.stall_secs = resumed_after.map(|d| d.as_secs_f64());
     if !outcome.verified && outcome.error.is_none() {
         outcome.error = Some(format!(
             "transfer not verified (sent ack {sent_ok}, received sha {received_ok}, file {file_ok})"
@@ -1189,9 +1358,20 @@ fn part_len(dir: &Path) -> u64 {
     })
 }
 
-/// Site a's router starts mapping to other ports and forgets every mapping it had:
-/// the path in use dies, ICE must notice and restart.
-fn flush_mapping(router: &str) -> Result<()> {
+/// Site a's router starts mapping UDP to other ports and forgets its mappings: the
+/// path in use dies, ICE must notice and recover.
+///
+/// [`Remap::Port`] deletes only the UDP entries: the peers' TCP connections to the
+/// broker (the signalling an ICE restart needs) keep their mapping, as when a NAT's
+/// UDP mappings time out or are re-assigned while its TCP ones stand. Were they
+/// flushed too, the broker's next frame to a would be dropped as unsolicited until a
+/// happened to send on that connection. [`Remap::Symmetric`] flushes everything.
+fn remap_nat(router: &str, remap: Remap) -> Result<()> {
+    let ports = match remap {
+        Remap::None => return Ok(()),
+        Remap::Port(p) => p.to_string(),
+        Remap::Symmetric => "40000-40999".to_owned(),
+    };
     in_ns(router, &["iptables", "-t", "nat", "-F", "POSTROUTING"])?;
     in_ns(
         router,
@@ -1208,7 +1388,7 @@ fn flush_mapping(router: &str) -> Result<()> {
             "-j",
             "MASQUERADE",
             "--to-ports",
-            "40000-40999",
+            &ports,
         ],
     )?;
     in_ns(
@@ -1225,7 +1405,21 @@ fn flush_mapping(router: &str) -> Result<()> {
             "MASQUERADE",
         ],
     )?;
-    in_ns(router, &["conntrack", "-F"])
+    match remap {
+        Remap::Port(_) => {
+            // `conntrack -D` fails when it deleted nothing (no UDP flow: fine here).
+            let out = Command::new("ip")
+                .args(["netns", "exec", router, "conntrack", "-D", "-p", "udp"])
+                .output()
+                .context("running conntrack -D")?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            if !out.status.success() && !err.contains(" 0 flow entries") {
+                bail!("`conntrack -D -p udp` failed: {}", err.trim());
+            }
+            Ok(())
+        }
+        _ => in_ns(router, &["conntrack", "-F"]),
+    }
 }
 
 fn field(line: &str, key: &str) -> Option<f64> {
