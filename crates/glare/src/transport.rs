@@ -782,6 +782,31 @@ fn diff(old: &[Gatherable], new: &[Gatherable]) -> (Vec<SocketAddr>, Vec<Gathera
     (stale, fresh)
 }
 
+/// This socket's address as `server` sees it (a Binding), or `None` if it gave none
+/// within `limit`.
+async fn mapped_address(
+    driver: &Driver<Link>,
+    server: &glare_udp::StunServer,
+    limit: Duration,
+) -> Option<glare_udp::ReflexiveCandidate> {
+    let answer = tokio::time::timeout(
+        limit,
+        Box::pin(driver.server_reflexive(std::slice::from_ref(server))),
+    )
+    .await;
+    match answer.map(|mut v| v.pop()) {
+        Ok(Some(Ok(c))) => Some(c),
+        Ok(Some(Err(e))) => {
+            debug!(%server, error = %e, "no mapped address this time");
+            None
+        }
+        _ => {
+            debug!(%server, "STUN server did not answer in time");
+            None
+        }
+    }
+}
+
 /// Asks every STUN server again, each on its own within `limit` (one server that
 /// does not answer must not hide what the others say). The server-reflexive
 /// candidates in `old` stay unless every server answered: a silent server's address
@@ -793,25 +818,12 @@ async fn reflexive_again(
     limit: Duration,
 ) -> Vec<Gatherable> {
     let asks = stun.iter().map(|server| async move {
-        let answer = tokio::time::timeout(
-            limit,
-            Box::pin(driver.server_reflexive(std::slice::from_ref(server))),
-        )
-        .await;
-        match answer.map(|mut v| v.pop()) {
-            Ok(Some(Ok(c))) => Some(Gatherable::Reflexive {
+        mapped_address(driver, server, limit)
+            .await
+            .map(|c| Gatherable::Reflexive {
                 addr: c.address,
                 base: c.base,
-            }),
-            Ok(Some(Err(e))) => {
-                debug!(%server, error = %e, "no server-reflexive candidate this time");
-                None
-            }
-            _ => {
-                debug!(%server, "STUN server did not answer in time");
-                None
-            }
-        }
+            })
     });
     let answers = futures_util::future::join_all(asks).await;
     let all_answered = answers.iter().all(Option::is_some);
@@ -843,18 +855,11 @@ async fn dead_udp_relays(
         .filter_map(|r| Some((r, r.mapped?)))
         .map(|(r, mapped)| async move {
             let server = glare_udp::StunServer::from_addr(r.server);
-            let answer = tokio::time::timeout(
-                limit,
-                Box::pin(driver.server_reflexive(std::slice::from_ref(&server))),
-            )
-            .await;
-            match answer.map(|mut v| v.pop()) {
-                Ok(Some(Ok(c))) if c.address != mapped => {
-                    debug!(relayed = %r.relayed, was = %mapped, now = %c.address, "TURN server sees a new mapping");
-                    Some(r.relayed)
-                }
-                _ => None,
-            }
+            let now = mapped_address(driver, &server, limit).await?.address;
+            (now != mapped).then(|| {
+                debug!(relayed = %r.relayed, was = %mapped, %now, "TURN server sees a new mapping");
+                r.relayed
+            })
         });
     futures_util::future::join_all(probes)
         .await
